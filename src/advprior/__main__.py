@@ -1,0 +1,3 @@
+from advprior.cli import main
+
+main()

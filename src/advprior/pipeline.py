@@ -1,0 +1,39 @@
+"""Run the configured stages in order; each one reads what earlier stages wrote."""
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+
+from .context import RunContext
+from .utils.io import save_json
+
+log = logging.getLogger(__name__)
+
+# Stage name -> module holding ``run(ctx) -> metrics``; the order is the order they run in.
+STAGES: dict[str, str] = {
+    "train": "advprior.stages.train",
+}
+
+
+def stage_fn(name: str) -> Callable[[RunContext], dict]:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r} in `stages`; available: {list(STAGES)}")
+    return importlib.import_module(STAGES[name]).run
+
+
+def run_pipeline(ctx: RunContext) -> dict:
+    """Run ``ctx.cfg.stages`` (in pipeline order; ``train`` is always run first as others need models)."""
+    wanted = list(ctx.cfg.get("stages") or STAGES)
+    for name in wanted:
+        stage_fn(name)  # validate every name before any work
+    order = [s for s in STAGES if s in wanted or s == "train"]
+    for name in order:
+        t0 = time.perf_counter()
+        log.info("stage %s: start", name)
+        stage_fn(name)(ctx)
+        ctx.metrics[f"time/{name}_seconds"] = time.perf_counter() - t0
+        save_json(ctx.metrics, ctx.run_dir / "metrics.json")  # after every stage: a crash keeps what was done
+        log.info("stage %s: done in %.1f s", name, ctx.metrics[f"time/{name}_seconds"])
+    return ctx.metrics

@@ -1,0 +1,202 @@
+"""Report figures from outcome frames and summaries (matplotlib, Agg canvas, no pyplot global state).
+
+Every function returns a ``matplotlib.figure.Figure``; ``save_figure`` writes it as a PNG atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from advprior.analysis.categories import CATEGORIES
+from advprior.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)  # attach the Agg canvas: no GUI backend, no pyplot registry
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+def _select_eps(df: pd.DataFrame, eps: float | None) -> pd.DataFrame:
+    available = sorted(df["eps"].unique().tolist())
+    if eps is None:
+        if len(available) != 1:
+            raise ValueError(f"eps must be given when the frame holds several eps values, got eps=None; available: {available}")
+        return df
+    sel = df[np.isclose(df["eps"].to_numpy(dtype=np.float64), float(eps), rtol=1e-6, atol=1e-12)]
+    if sel.empty:
+        raise ValueError(f"eps={eps!r} not found in the frame; available: {available}")
+    return sel
+
+
+CONFIDENCE_PANELS: tuple[tuple[str, str], ...] = (
+    ("high_confidence", "(a) high-confidence adversarial example"),
+    ("label_changed", "(b) some adversarial example"),
+    ("none", "(c) no adversarial example"),
+)
+"""Figure 6 panels: (a) label changed with adv top-1 > 50%, (b) label changed (includes (a)), (c) unchanged."""
+
+
+def confidence_histograms(df: pd.DataFrame, eps: float | None = None, bins: int = 20) -> Figure:
+    """The paper's Figure 6: histograms of the clean top-1 probability (``clean_top1_prob``) of images with
+    (a) a high-confidence adversarial example, (b) some adversarial example (label changed; a superset
+    of (a)), (c) none (label unchanged). Three panels, shared bins on [0, 1], counts in the titles."""
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    g = _select_eps(df, eps)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    changed = g["label_changed"].to_numpy(dtype=bool)
+    masks = {
+        "high_confidence": g["high_confidence"].to_numpy(dtype=bool),
+        "label_changed": changed,
+        "none": ~changed,
+    }
+    conf = g["clean_top1_prob"].to_numpy(dtype=np.float64)
+    fig = _new_figure((12, 3.6))
+    axes = fig.subplots(1, 3, sharex=True)
+    eps_val = float(g["eps"].iloc[0]) if len(g) else float("nan")
+    for ax, (key, title) in zip(axes, CONFIDENCE_PANELS):
+        vals = conf[masks[key]]
+        ax.hist(vals, bins=edges, color="tab:blue", edgecolor="white")
+        ax.set_title(f"{title}\nn={len(vals)}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("original (clean) top-1 probability")
+    axes[0].set_ylabel("images")
+    fig.suptitle(f"FGSM eps={eps_val * 255:.3g}/255 (of {len(g)} images)")
+    return fig
+
+
+def _to_hwc(img: Any) -> tuple[np.ndarray, str | None]:
+    t = torch.as_tensor(img).detach().cpu().float().clamp(0, 1)
+    if t.ndim != 3:
+        raise ValueError(f"images_fn must return (C, H, W) images, got shape {tuple(t.shape)}")
+    if t.shape[0] == 1:
+        return t[0].numpy(), "gray"
+    return t.permute(1, 2, 0).numpy(), None
+
+
+def _name(class_names: Sequence[str] | None, cls: int) -> str:
+    if class_names is None:
+        return str(int(cls))
+    return str(class_names[int(cls)])
+
+
+def category_grid(
+    df: pd.DataFrame,
+    images_fn: Callable[[int], tuple[Any, Any]],
+    category: str,
+    n: int = 8,
+    class_names: Sequence[str] | None = None,
+    eps: float | None = None,
+    pairs_per_row: int = 4,
+) -> Figure:
+    """Grid of up to ``n`` examples of one category (first ``n`` rows by dataset index): original and
+    adversarial side by side, titles with true label, top-1 label and its probability.
+
+    images_fn(index) -> (clean (C,H,W), adv (C,H,W)) in [0,1]; 1-channel images are drawn in gray.
+    eps: restrict to one eps (None: all rows of ``df``).
+    """
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {list(CATEGORIES)}, got {category!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    g = df if eps is None else _select_eps(df, eps)
+    rows = g[g["category"].astype(str) == category].sort_values(["index", "eps"]).head(n)
+    k = len(rows)
+    if k == 0:
+        fig = _new_figure((4, 2))
+        ax = fig.subplots()
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no '{category}' examples", ha="center", va="center")
+        return fig
+    per_row = max(1, min(pairs_per_row, k))
+    nrows = -(-k // per_row)
+    fig = _new_figure((2.4 * 2 * per_row, 2.7 * nrows))
+    axes = np.atleast_2d(fig.subplots(nrows, 2 * per_row, squeeze=False))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (_, r) in enumerate(rows.iterrows()):
+        clean, adv = images_fn(int(r["index"]))
+        ax_c, ax_a = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row, 2 * (i % per_row) + 1]
+        for ax, img, title in (
+            (ax_c, clean, f"true: {_name(class_names, r['label'])}\nclean: {_name(class_names, r['clean_top1'])} "
+                          f"({r['clean_top1_prob']:.2f})"),
+            (ax_a, adv, f"eps={r['eps'] * 255:.3g}/255\nadv: {_name(class_names, r['adv_top1'])} "
+                        f"({r['adv_top1_prob']:.2f})"),
+        ):
+            arr, cmap = _to_hwc(img)
+            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+    fig.suptitle(f"{category} ({k} shown)")
+    return fig
+
+
+def rate_vs_eps(
+    summary_by_model: Mapping[str, pd.DataFrame],
+    metrics: Sequence[str] = ("label_changed_rate", "high_conf_rate"),
+    x: str = "eps_255",
+) -> Figure:
+    """One panel per metric of ``attack_summary`` frames: a line per model vs eps with its interval band
+    (``metric_low`` .. ``metric_high``). Used for deep vs shallow and dropout comparisons."""
+    if not summary_by_model:
+        raise ValueError("summary_by_model must hold at least one model, got an empty mapping")
+    fig = _new_figure((5 * len(metrics), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)[0])
+    for ax, metric in zip(axes, metrics):
+        for model, summ in summary_by_model.items():
+            for col in (x, metric):
+                if col not in summ.columns:
+                    raise ValueError(f"summary for model {model!r} lacks column {col!r}")
+            s = summ.sort_values(x)
+            line = ax.plot(s[x], s[metric], marker="o", label=str(model))[0]
+            if f"{metric}_low" in s.columns and f"{metric}_high" in s.columns:
+                ax.fill_between(s[x], s[f"{metric}_low"], s[f"{metric}_high"], color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("eps (0-255 scale)" if x == "eps_255" else x)
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def transfer_heatmap(matrix_df: pd.DataFrame, value: str = "fooling_rate") -> Figure:
+    """Heatmap of a transfer matrix: a long ``transfer_matrix`` frame (pivoted on ``value``) or an already
+    pivoted source x target table. Cells are annotated with their values."""
+    if {"source", "target"} <= set(matrix_df.columns):
+        from advprior.analysis.transfer import pivot
+
+        table = pivot(matrix_df, value)
+    else:
+        table = matrix_df
+    data = table.to_numpy(dtype=np.float64)
+    fig = _new_figure((1.2 * data.shape[1] + 3, 1.0 * data.shape[0] + 2))
+    ax = fig.subplots()
+    im = ax.imshow(data, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(data.shape[1]), [str(c) for c in table.columns], rotation=45, ha="right")
+    ax.set_yticks(range(data.shape[0]), [str(r) for r in table.index])
+    ax.set_xlabel("target model")
+    ax.set_ylabel("source model")
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            if np.isfinite(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center",
+                        color="white" if data[i, j] < 0.5 else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, label=value)
+    return fig

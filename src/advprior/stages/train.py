@@ -1,0 +1,111 @@
+"""Stage ``train``: build every configured model; train the small ones (cached by config hash)."""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..context import RunContext
+from ..models.classifier import Classifier
+from ..models.lit_classifier import ClassifierModule
+from ..store import link_into
+from ..utils.io import load_torch, save_torch
+from ..utils.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+# Data keys that change how data is served, not what a model learns from.
+DATA_KEYS_IGNORED = {"num_workers", "eval_batch_size", "eval_subset", "support_per_class", "pin_memory"}
+
+
+def build_model(mcfg: DictConfig, datamodule: Any) -> Classifier:
+    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data."""
+    spec = OmegaConf.to_container(mcfg, resolve=True)
+    spec.pop("train", None)
+    spec.pop("frozen", None)
+    fn = instantiate({"_target_": spec["_target_"], "_partial_": True})
+    params = inspect.signature(fn.func).parameters
+    c, h, _ = datamodule.input_shape
+    for k, v in (("num_classes", datamodule.num_classes), ("in_channels", c), ("image_size", h)):
+        if k in params and k not in spec:
+            spec[k] = v
+    return instantiate(spec)
+
+
+def model_key_payload(name: str, mcfg: DictConfig, cfg: DictConfig) -> dict:
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in DATA_KEYS_IGNORED}
+    return {"model": OmegaConf.to_container(mcfg, resolve=True), "data": data, "seed": int(cfg.seed),
+            "version": STAGE_VERSION}
+
+
+def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl.Trainer:
+    callbacks = []
+    if ctx.cfg.trainer.get("enable_progress_bar", True) and ctx.cfg.get("extras", {}).get("rich_progress", True):
+        callbacks.append(pl.callbacks.RichProgressBar())
+    kwargs = dict(
+        max_epochs=max_epochs,
+        logger=list(ctx.loggers.values()) or False,
+        callbacks=callbacks,
+        default_root_dir=str(ctx.run_dir / "models" / name),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    kwargs.update(overrides)
+    return instantiate(ctx.cfg.trainer, **kwargs)
+
+
+def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
+    """The trained (or pretrained, frozen) model ``name`` and its metrics, reusing a cached result."""
+    cfg, dm = ctx.cfg, ctx.datamodule
+    mcfg = cfg.model[name]
+    seed_everything(cfg.seed)  # each model's init depends on the seed only, not on the models before it
+    model = build_model(mcfg, dm)
+    if mcfg.get("train") is None:
+        if mcfg.get("frozen", True):
+            model.freeze()
+        return model, {}
+    key = ctx.store.key("train", model_key_payload(name, mcfg, cfg))
+    out = ctx.store.path("train", key)
+    if ctx.store.is_done("train", key):
+        log.info("model %s: reusing trained weights %s", name, out)
+        model.load_state_dict(load_torch(out / "model.pt"))
+        metrics = ctx.store.read_meta("train", key)
+    else:
+        tcfg = mcfg.train
+        module = ClassifierModule(model, instantiate(tcfg.optimizer), frozen=False, name=name,
+                                  lr_schedule=tcfg.get("lr_schedule"))
+        epochs = int(cfg.trainer.get("max_epochs") or tcfg.epochs)
+        trainer = make_trainer(ctx, name, epochs)
+        t0 = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        seconds = time.perf_counter() - t0
+        res = trainer.test(module, datamodule=dm, verbose=False)[0]
+        metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
+                   f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
+                   f"train/{name}/fit_seconds": seconds,
+                   f"train/{name}/epochs": epochs}
+        save_torch(model.state_dict(), out / "model.pt")
+        ctx.store.mark_done("train", key, meta=metrics)
+        log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
+                 epochs, seconds)
+    link_into(out / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
+    model.eval()
+    if mcfg.get("frozen", True):
+        model.freeze()
+    return model, metrics
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name in ctx.cfg.model:
+        model, m = train_or_load(ctx, name)
+        ctx.models[name] = model
+        metrics.update(m)
+    ctx.log_metrics(metrics)
+    return metrics

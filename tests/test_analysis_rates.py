@@ -1,0 +1,158 @@
+"""Bootstrap intervals, per-eps summaries, category counts, metric names and the transfer matrix."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import advprior.analysis.rates as rates
+from advprior.analysis.categories import CATEGORIES
+from advprior.analysis.rates import attack_summary, bootstrap_ci, category_counts, metric_dict
+from advprior.analysis.transfer import pivot, transfer_matrix
+
+
+def _slow_bootstrap(values, n_boot, alpha, seed):
+    """Reference: one resample per loop iteration from the same Generator stream."""
+    v = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(v), size=len(v))
+        means.append(v[idx].mean())
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return v.mean(), lo, hi
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 22, 100, 1])
+def test_bootstrap_matches_slow_loop_reference(monkeypatch, chunk_elements):
+    monkeypatch.setattr(rates, "_CHUNK_ELEMENTS", chunk_elements)  # many chunks must not change the stream
+    rng = np.random.default_rng(1)
+    vals = rng.normal(size=37)
+    got = bootstrap_ci(vals, n_boot=300, alpha=0.1, seed=7)
+    ref = _slow_bootstrap(vals, 300, 0.1, 7)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    bools = rng.random(41) < 0.3
+    np.testing.assert_allclose(bootstrap_ci(bools, n_boot=200, seed=3), _slow_bootstrap(bools, 200, 0.05, 3), atol=1e-12)
+
+
+def test_bootstrap_contains_mean_and_is_deterministic():
+    vals = np.random.default_rng(0).random(500) < 0.4
+    m, lo, hi = bootstrap_ci(vals, n_boot=500, seed=0)
+    assert m == pytest.approx(vals.mean())
+    assert lo < m < hi
+    assert bootstrap_ci(vals, n_boot=500, seed=0) == (m, lo, hi)
+    assert bootstrap_ci(vals, n_boot=500, seed=1) != (m, lo, hi)
+    assert bootstrap_ci(torch.from_numpy(vals), n_boot=500, seed=0) == (m, lo, hi)
+
+
+def test_bootstrap_degenerate_and_empty():
+    assert bootstrap_ci(np.ones(10, dtype=bool)) == (1.0, 1.0, 1.0)
+    assert bootstrap_ci(np.zeros(7)) == (0.0, 0.0, 0.0)
+    assert bootstrap_ci(np.full(5, 0.25)) == (0.25, 0.25, 0.25)
+    assert bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
+    assert all(math.isnan(x) for x in bootstrap_ci(np.array([], dtype=bool)))
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_ci([1.0, 0.0], n_boot=0)
+    with pytest.raises(ValueError, match="alpha"):
+        bootstrap_ci([1.0, 0.0], alpha=1.5)
+
+
+def test_bootstrap_agrees_with_binomial_standard_error_for_large_n():
+    n, p = 50_000, 0.3
+    vals = np.random.default_rng(2).random(n) < p
+    m, lo, hi = bootstrap_ci(vals, n_boot=1000, seed=0)
+    se = math.sqrt(m * (1 - m) / n)
+    # percentile interval of a near-normal statistic: half-width ~ 1.96 SE, centered on the mean
+    assert (hi - lo) / 2 == pytest.approx(1.959964 * se, rel=0.1)
+    assert (lo + hi) / 2 == pytest.approx(m, abs=0.2 * se)
+
+
+def _frame():
+    """Two eps values with hand-countable flags."""
+    rows = []
+    # eps 1/255: 10 images
+    cc = [1, 1, 1, 1, 1, 1, 1, 0, 0, 0]  # 7 correct
+    t5 = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # 9 in top-5
+    ac = [1, 1, 1, 0, 0, 0, 0, 0, 1, 0]  # 4 adv correct
+    lc = [0, 0, 0, 1, 1, 1, 1, 0, 1, 1]  # 6 changed; among correct: 4 of 7
+    hc = [0, 0, 0, 1, 1, 0, 0, 0, 1, 0]  # 3 high confidence
+    p2 = [.5, .5, .5, .1, .2, .6, .6, .4, .3, .7]  # mean over hc rows = (.1+.2+.3)/3
+    cat = ["unchanged"] * 3 + ["true", "true", "refocused", "conatural", "unchanged", "benign", "wrong_to_wrong"]
+    for i in range(10):
+        rows.append(dict(eps=1 / 255, eps_255=1.0, clean_correct=bool(cc[i]), clean_true_in_top5=bool(t5[i]),
+                         adv_correct=bool(ac[i]), label_changed=bool(lc[i]), high_confidence=bool(hc[i]),
+                         adv_top2_prob=p2[i], category=cat[i]))
+    # eps 0: 4 images, nothing changes
+    for i in range(4):
+        rows.append(dict(eps=0.0, eps_255=0.0, clean_correct=i < 2, clean_true_in_top5=True, adv_correct=i < 2,
+                         label_changed=False, high_confidence=False, adv_top2_prob=0.1, category="unchanged"))
+    return pd.DataFrame(rows)
+
+
+def test_attack_summary_equals_hand_counts():
+    s = attack_summary(_frame(), n_boot=200, seed=0)
+    assert s["eps"].tolist() == [0.0, 1 / 255]
+    r0, r1 = s.iloc[0], s.iloc[1]
+    assert r0["n"] == 4 and r0["clean_acc"] == 0.5 and r0["label_changed_rate"] == 0.0
+    assert r0["label_changed_rate_low"] == r0["label_changed_rate_high"] == 0.0
+    assert math.isnan(r0["mean_second_prob_high_conf"]) and r0["n_high_conf"] == 0
+    assert r1["n"] == 10 and r1["n_clean_correct"] == 7 and r1["n_high_conf"] == 3
+    assert r1["clean_acc"] == pytest.approx(0.7)
+    assert r1["clean_top5_acc"] == pytest.approx(0.9)
+    assert r1["adv_acc"] == pytest.approx(0.4)
+    assert r1["label_changed_rate"] == pytest.approx(0.6)
+    assert r1["high_conf_rate"] == pytest.approx(0.3)
+    assert r1["fooling_rate"] == pytest.approx(4 / 7)
+    assert r1["mean_second_prob_high_conf"] == pytest.approx(0.2)
+    for m in ("clean_acc", "adv_acc", "label_changed_rate", "high_conf_rate", "fooling_rate"):
+        assert r1[f"{m}_low"] <= r1[m] <= r1[f"{m}_high"]
+        assert 0.0 <= r1[f"{m}_low"] and r1[f"{m}_high"] <= 1.0
+    assert s["n"].dtype == np.int64
+
+
+def test_category_counts_and_metric_dict():
+    counts = category_counts(_frame())
+    assert list(counts.columns) == list(CATEGORIES)
+    assert counts.loc[0.0].tolist() == [0, 0, 0, 0, 0, 4]
+    assert counts.loc[1 / 255].to_dict() == {"true": 2, "refocused": 1, "conatural": 1, "benign": 1,
+                                            "wrong_to_wrong": 1, "unchanged": 4}
+    s = attack_summary(_frame().assign(eps=lambda d: d["eps"] * 0.85, eps_255=lambda d: d["eps_255"] * 0.85),
+                       n_boot=50)
+    md = metric_dict(s)
+    assert md["attack/eps=0.003333/adv_acc"] == pytest.approx(0.4)
+    assert md["attack/eps=0/n"] == 4 and isinstance(md["attack/eps=0/n"], int)
+    assert "attack/eps=0.003333/label_changed_rate_low" in md
+    assert not any(k.endswith("/eps_255") for k in md)
+    assert set(metric_dict(s, prefix="val")) == {k.replace("attack/", "val/", 1) for k in md}
+
+
+def test_transfer_matrix_hand_case():
+    # target probabilities on adversarial images (as logits = log p)
+    adv_p = torch.tensor([[0.2, 0.8, 0.0, 0.0], [0.1, 0.6, 0.3, 0.0], [0.7, 0.1, 0.2, 0.0], [0.9, 0.1, 0.0, 0.0]])
+    adv_logits = adv_p.add(1e-12).log()
+    labels = torch.tensor([0, 1, 2, 3])
+    clean_preds = torch.tensor([0, 1, 2, 0])  # correct on 0, 1, 2
+    # adv top-1 = [1, 1, 0, 0]: among the correct, rows 0 and 2 changed -> 2/3 fooled
+    results = {
+        ("vgg19", "vgg11"): {"labels": labels, "clean_preds": clean_preds, "adv_logits": adv_logits},
+        ("vgg19", "vgg19"): (labels, labels, adv_logits),  # all correct; rows 0, 2, 3 change -> 3/4
+    }
+    m = transfer_matrix(results, n_boot=200, seed=0)
+    assert m["source"].tolist() == ["vgg19", "vgg19"] and m["target"].tolist() == ["vgg11", "vgg19"]
+    r = m.iloc[0]
+    assert r["n"] == 4 and r["n_correct"] == 3
+    assert r["fooling_rate"] == pytest.approx(2 / 3)
+    assert r["adv_acc"] == pytest.approx(0.25)
+    assert r["mean_confidence"] == pytest.approx((0.8 + 0.6 + 0.7 + 0.9) / 4)
+    assert r["mean_confidence_fooled"] == pytest.approx((0.8 + 0.7) / 2)
+    assert r["fooling_rate_low"] <= r["fooling_rate"] <= r["fooling_rate_high"]
+    assert m.iloc[1]["fooling_rate"] == pytest.approx(0.75)
+    table = pivot(m)
+    assert table.loc["vgg19", "vgg11"] == pytest.approx(2 / 3) and table.shape == (1, 2)
+    with pytest.raises(ValueError, match="adv_logits"):
+        transfer_matrix({("a", "b"): {"labels": labels, "clean_preds": clean_preds}})
+    with pytest.raises(ValueError, match="value"):
+        pivot(m, "nope")
