@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 # Stage name -> module holding ``run(ctx) -> metrics``; the order is the order they run in.
 STAGES: dict[str, str] = {
     "train": "advprior.stages.train",
+    "attack": "advprior.stages.attack_study",
 }
 
 

@@ -44,6 +44,14 @@ def model_key_payload(name: str, mcfg: DictConfig, cfg: DictConfig) -> dict:
             "version": STAGE_VERSION}
 
 
+def model_identity(ctx: RunContext, name: str) -> object:
+    """What determines model ``name``'s weights: its training key, or its config if not trained here."""
+    mcfg = ctx.cfg.model[name]
+    if mcfg.get("train") is None:
+        return OmegaConf.to_container(mcfg, resolve=True)
+    return ctx.store.key("train", model_key_payload(name, mcfg, ctx.cfg))
+
+
 def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl.Trainer:
     callbacks = []
     if ctx.cfg.trainer.get("enable_progress_bar", True) and ctx.cfg.get("extras", {}).get("rich_progress", True):
@@ -70,7 +78,7 @@ def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
         if mcfg.get("frozen", True):
             model.freeze()
         return model, {}
-    key = ctx.store.key("train", model_key_payload(name, mcfg, cfg))
+    key = model_identity(ctx, name)
     out = ctx.store.path("train", key)
     if ctx.store.is_done("train", key):
         log.info("model %s: reusing trained weights %s", name, out)

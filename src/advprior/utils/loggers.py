@@ -58,3 +58,30 @@ def finish_wandb(loggers: dict[str, Logger], failed: bool = False) -> None:
         return
     if wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def _wandb_loggers(ctx) -> list:
+    from pytorch_lightning.loggers import WandbLogger
+    return [lg for lg in ctx.loggers.values() if isinstance(lg, WandbLogger)]
+
+
+def log_figure(ctx, key: str, path: str | Path) -> Path:
+    """Send a saved figure to W&B as an image (rank 0); returns the path."""
+    import pytorch_lightning as pl
+    if pl.utilities.rank_zero_only.rank == 0:
+        for lg in _wandb_loggers(ctx):
+            lg.log_image(key=key, images=[str(path)])
+    return Path(path)
+
+
+def log_table(ctx, key: str, df) -> None:
+    """Send a DataFrame to W&B as a table (rank 0); categorical columns become strings."""
+    import pytorch_lightning as pl
+    if pl.utilities.rank_zero_only.rank != 0 or not _wandb_loggers(ctx):
+        return
+    df = df.copy()
+    for c in df.columns:
+        if str(df[c].dtype) in ("category", "bool"):
+            df[c] = df[c].astype(str)
+    for lg in _wandb_loggers(ctx):
+        lg.log_table(key=key, dataframe=df)

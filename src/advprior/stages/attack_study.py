@@ -1,0 +1,221 @@
+"""Stage ``attack``: the FGSM study (paper sections 4.1, 4.3, 4.4 and 7) on every configured model.
+
+Writes to the store (keyed by models, data and attack config): ``outcomes.parquet`` (one row per model,
+eps and image) and ``transfer.parquet``; the evaluation runs in shards of ``attack.shard_size`` images so
+a killed run resumes at the first unfinished shard. Into the run directory: ``attack/`` tables
+(outcomes, summary with bootstrap intervals, category counts, transfer matrix) and ``figures/``.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ..analysis.outcomes import read_outcomes, write_outcomes
+from ..analysis.rates import attack_summary, category_counts, format_eps, metric_dict
+from ..analysis.similarity import weight_similarity_close
+from ..analysis.transfer import transfer_matrix
+from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards, write_outcomes_frame
+from ..context import RunContext
+from ..store import link_into
+from ..utils.io import atomic_write
+from ..utils.loggers import log_figure, log_table
+from .train import make_trainer, model_identity
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+DATA_KEYS_IGNORED = {"num_workers", "batch_size", "eval_batch_size", "support_per_class", "pin_memory"}
+
+
+def epsilons(cfg) -> list[float]:
+    """The study's eps list in [0,1] pixel units (config values divided by ``attack.scale``)."""
+    scale = float(cfg.attack.scale)
+    eps = [float(e) / scale for e in cfg.attack.epsilons]
+    bad = [e for e in cfg.attack.epsilons if not 0 <= float(e) / scale <= 1]
+    if bad:
+        raise ValueError(f"attack.epsilons {bad} fall outside [0,1] after dividing by attack.scale={scale}")
+    return eps
+
+
+def paper_eps(cfg) -> float:
+    eps = epsilons(cfg)
+    want = float(cfg.attack.figure_eps) / float(cfg.attack.scale)
+    match = [e for e in eps if abs(e - want) < 1e-12]
+    if not match:
+        raise ValueError(f"attack.figure_eps={cfg.attack.figure_eps} is not in attack.epsilons={list(cfg.attack.epsilons)}")
+    return match[0]
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no nn.Linear layer for the weight-similarity conatural matrix")
+    return linears[-1]
+
+
+def close_matrix(ctx: RunContext) -> torch.Tensor:
+    """Conatural pairs: WordNet tree distance when the data has a hierarchy, else last-layer similarity."""
+    dm, ccfg = ctx.datamodule, ctx.cfg.attack.conatural
+    hierarchy = getattr(dm, "hierarchy", None)
+    if hierarchy is not None:
+        return hierarchy.close_matrix(int(ccfg.max_distance)).bool()
+    return weight_similarity_close(last_linear(ctx.models[ctx.target_model]).weight.detach().cpu(),
+                                   k=int(ccfg.nearest_k))
+
+
+def study_key(ctx: RunContext) -> str:
+    cfg = ctx.cfg
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in DATA_KEYS_IGNORED}
+    attack = {k: v for k, v in OmegaConf.to_container(cfg.attack, resolve=True).items()
+              if k not in ("n_boot", "grid_samples", "figure_eps", "wandb_table_rows", "shard_size")}
+    payload = {"models": {n: model_identity(ctx, n) for n in cfg.model}, "data": data, "attack": attack,
+               "target": ctx.target_model, "seed": int(cfg.seed), "version": STAGE_VERSION}
+    return ctx.store.key("attack", payload)
+
+
+def evaluate(ctx: RunContext, out: Path) -> None:
+    """Run the sweep shard by shard into ``out``, skipping finished shards (resume)."""
+    cfg, dm = ctx.cfg, ctx.datamodule
+    dataset = dm.eval_dataset()
+    n, size = len(dataset), int(cfg.attack.shard_size)
+    close = close_matrix(ctx)
+    paths = getattr(dataset, "paths", None)
+    batch = int(cfg.data.get("eval_batch_size") or cfg.data.batch_size)
+    for s, start in enumerate(range(0, n, size)):
+        shard = out / "shards" / f"{s:05d}"
+        if (shard / "outcomes.parquet").is_file() and (shard / "transfer.parquet").is_file():
+            log.info("attack: shard %d already done, skipping", s)
+            continue
+        if shard.exists():
+            shutil.rmtree(shard)
+        module = AttackSweepModule(
+            ctx.models, epsilons(cfg), shard, use_true_labels=cfg.attack.labels == "true",
+            high_conf_threshold=float(cfg.attack.high_conf_threshold),
+            refocus_min_prob=float(cfg.attack.refocus_min_prob), close=close,
+            transfer=bool(cfg.attack.transfer), paths=paths,
+        )
+        loader = DataLoader(Subset(dataset, range(start, min(n, start + size))), batch_size=batch,
+                            num_workers=int(cfg.data.get("num_workers", 0)))
+        trainer = make_trainer(ctx, "attack", 1, logger=False, inference_mode=False, callbacks=[])
+        trainer.test(module, dataloaders=loader, verbose=False)
+        if trainer.is_global_zero:  # rank 0 merges every rank's rows (the dataset yields global indices)
+            outcomes, transfer = merge_rank_shards(shard)
+            write_outcomes(outcomes, shard / "outcomes.parquet")
+            write_outcomes_frame(transfer, shard / "transfer.parquet")
+        trainer.strategy.barrier()
+        log.info("attack: shard %d (%d images) done", s, min(n, start + size) - start)
+    parts = sorted((out / "shards").glob("*/outcomes.parquet"))
+    outcomes = pd.concat([read_outcomes(p) for p in parts], ignore_index=True)
+    transfer = pd.concat([pd.read_parquet(p.with_name("transfer.parquet")) for p in parts], ignore_index=True)
+    write_outcomes(outcomes, out / "outcomes.parquet")
+    write_outcomes_frame(transfer, out / "transfer.parquet")
+    shutil.rmtree(out / "shards")
+
+
+def images_fn(ctx: RunContext, model_name: str, eps: float):
+    """index -> (clean, adversarial) image pair for the grids (FGSM recomputed for that image)."""
+    from ..attacks import FGSM
+    dataset = ctx.datamodule.eval_dataset()
+    attack = FGSM(ctx.models[model_name], eps)
+    use_true = ctx.cfg.attack.labels == "true"
+
+    def fn(index: int):
+        x, y, _ = dataset[int(index)]
+        x = x.unsqueeze(0)
+        adv = attack(x, torch.tensor([y]) if use_true else None)
+        return x[0], adv[0]
+    return fn
+
+
+def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -> dict[str, float]:
+    """Tables, figures and metrics from the stored outcomes."""
+    from ..report import figures
+
+    cfg, run = ctx.cfg, ctx.run_dir
+    n_boot, seed = int(cfg.attack.n_boot), int(cfg.seed)
+    fig_eps = paper_eps(cfg)
+    adir, fdir = run / "attack", run / "figures"
+    metrics: dict[str, float] = {}
+    summaries, counts = {}, []
+    for name in cfg.model:
+        df = outcomes[outcomes["model"] == name]
+        summaries[name] = attack_summary(df, n_boot=n_boot, seed=seed)
+        c = category_counts(df)
+        c.insert(0, "model", name)
+        counts.append(c.reset_index())
+        metrics.update(metric_dict(summaries[name], prefix=f"attack/{name}"))
+        hist = figures.confidence_histograms(df, eps=fig_eps)
+        log_figure(ctx, f"attack/{name}/confidence_histograms", figures.save_figure(
+            hist, fdir / f"attack_confidence_{name}.png"))
+    summary = pd.concat([s.assign(model=n) for n, s in summaries.items()], ignore_index=True)
+    summary = summary[["model"] + [c for c in summary.columns if c != "model"]]
+    _write_csv(summary, adir / "summary.csv")
+    _write_csv(pd.concat(counts, ignore_index=True), adir / "categories.csv")
+
+    target = ctx.target_model
+    tdf = outcomes[(outcomes["model"] == target) & (outcomes["eps"] == fig_eps)]
+    fn = images_fn(ctx, target, fig_eps)
+    names = getattr(ctx.datamodule, "class_names", None)
+    for cat in ("true", "refocused", "conatural", "benign"):
+        fig = figures.category_grid(tdf, fn, cat, n=int(cfg.attack.grid_samples), class_names=names, eps=fig_eps)
+        log_figure(ctx, f"attack/{target}/category_{cat}", figures.save_figure(fig, fdir / f"attack_category_{cat}.png"))
+    if len(summaries) > 1:
+        log_figure(ctx, "attack/rates_vs_eps", figures.save_figure(figures.rate_vs_eps(summaries), fdir / "attack_rates_vs_eps.png"))
+    if len(transfer):
+        mats = []
+        for eps, g in transfer.groupby("eps", sort=True):
+            res = {}
+            for (src, tgt), gg in g.groupby(["source", "target"], sort=False):
+                res[(src, tgt)] = (gg["label"].to_numpy(), gg["clean_pred"].to_numpy(), _conf_logits(gg))
+            m = transfer_matrix(res, n_boot=n_boot, seed=seed)
+            m.insert(0, "eps", eps)
+            mats.append(m)
+        mat = pd.concat(mats, ignore_index=True)
+        _write_csv(mat, adir / "transfer.csv")
+        at = mat[mat["eps"] == fig_eps]
+        log_figure(ctx, "attack/transfer", figures.save_figure(figures.transfer_heatmap(at), fdir / "attack_transfer.png"))
+        for _, r in at.iterrows():
+            metrics[f"attack/transfer/{r.source}->{r.target}/eps={format_eps(fig_eps)}/fooling_rate"] = float(r.fooling_rate)
+    rows = int(cfg.attack.wandb_table_rows)
+    log_table(ctx, f"attack/{target}/outcomes", tdf.head(rows))
+    log_table(ctx, "attack/summary", summary)
+    return metrics
+
+
+def _conf_logits(g: pd.DataFrame) -> torch.Tensor:
+    """Two-column logits whose softmax top-1 is (adv_pred's) confidence: transfer_matrix needs logits,
+    the transfer rows keep only the target's prediction and its probability."""
+    conf = torch.tensor(g["adv_conf"].to_numpy(), dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    pred = torch.tensor(g["adv_pred"].to_numpy())
+    num = int(max(pred.max().item(), g["label"].max(), g["clean_pred"].max())) + 2
+    logits = torch.full((len(g), num), -torch.inf, dtype=torch.float64)
+    other = (pred + 1) % num  # one more class holding 1 - conf
+    logits[torch.arange(len(g)), pred] = conf.log()
+    logits[torch.arange(len(g)), other] = (1 - conf).log()
+    return logits
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda p: df.to_csv(p, index=False))
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    key = study_key(ctx)
+    out = ctx.store.path("attack", key)
+    if ctx.store.is_done("attack", key):
+        log.info("attack: reusing outcomes %s", out)
+    else:
+        evaluate(ctx, out)
+        ctx.store.mark_done("attack", key)
+    link_into(out / "outcomes.parquet", ctx.run_dir / "attack" / "outcomes.parquet")
+    link_into(out / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
+    metrics = summarize(ctx, read_outcomes(out / "outcomes.parquet"), pd.read_parquet(out / "transfer.parquet"))
+    ctx.log_metrics(metrics)
+    return metrics

@@ -1,0 +1,115 @@
+"""The FGSM study stage end to end, its resume, its determinism, and DDP == single process."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from advprior.analysis.outcomes import read_outcomes
+from advprior.attacks.lit_sweep import AttackSweepModule, merge_rank_shards
+from advprior.cli import run_task
+from advprior.data.digits import DigitsDataModule, TensorImageDataset
+from advprior.models.vgg_small import build_vgg_small
+
+STUDY = ["stages=[attack]", "data.eval_subset=40", "attack.epsilons=[0.85,8,32]", "attack.n_boot=200"]
+
+
+def test_study_end_to_end_outputs(make_cfg, caplog):
+    cfg = make_cfg(STUDY)
+    metrics = run_task(cfg)
+    run = Path(cfg.paths.output_dir)
+    df = read_outcomes(run / "attack" / "outcomes.parquet")
+    assert len(df) == 2 * 3 * 40  # models x eps x images
+    assert (df.groupby(["model", "eps"])["index"].nunique() == 40).all()
+    # the perturbation never exceeds eps (float32 rounding of x + eps allows half an ulp)
+    assert (df["linf"] <= df["eps"] + 2 ** -24).all()
+    assert (df.loc[df["eps"] == 32 / 255, "linf"] > 0).all()
+    for col in ("label_changed", "high_confidence"):
+        assert df[col].dtype == bool
+    assert not (df["high_confidence"] & ~df["label_changed"]).any()
+    summary = pd.read_csv(run / "attack" / "summary.csv")
+    assert set(summary["model"]) == {"vgg_small", "shallow"}
+    s = summary[(summary.model == "vgg_small")].set_index("eps_255")
+    d = df[(df.model == "vgg_small") & (df.eps == 8 / 255)]
+    assert s.loc[8.0, "label_changed_rate"] == pytest.approx(d["label_changed"].mean())
+    assert s.loc[8.0, "label_changed_rate_low"] <= s.loc[8.0, "label_changed_rate"] <= s.loc[8.0, "label_changed_rate_high"]
+    assert metrics["attack/vgg_small/eps=0.003333/adv_acc"] == pytest.approx(
+        df[(df.model == "vgg_small") & (df.eps == 0.85 / 255)]["adv_correct"].mean())
+    cats = pd.read_csv(run / "attack" / "categories.csv")
+    assert (cats.drop(columns=["eps", "model"]).sum(axis=1) == 40).all()
+    transfer = pd.read_csv(run / "attack" / "transfer.csv")
+    assert {tuple(x) for x in transfer[["source", "target"]].values} == {("vgg_small", "shallow"), ("shallow", "vgg_small")}
+    for name in ("attack_confidence_vgg_small", "attack_category_true", "attack_rates_vs_eps", "attack_transfer"):
+        assert (run / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["attack/vgg_small/eps=0.003333/adv_acc"] == metrics["attack/vgg_small/eps=0.003333/adv_acc"]
+    caplog.set_level("INFO", logger="advprior.stages.attack_study")
+    run_task(make_cfg(STUDY))
+    assert "reusing outcomes" in caplog.text
+
+
+def test_interrupted_study_resumes_at_first_unfinished_shard(make_cfg, monkeypatch, caplog):
+    over = STUDY + ["attack.shard_size=16", "model=[shallow]"]
+    calls = {"n": 0}
+    real = AttackSweepModule.on_test_epoch_end
+
+    def crash_on_third(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated crash")
+        real(self)
+
+    monkeypatch.setattr(AttackSweepModule, "on_test_epoch_end", crash_on_third)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_task(make_cfg(over))
+    monkeypatch.setattr(AttackSweepModule, "on_test_epoch_end", real)
+    caplog.set_level("INFO", logger="advprior.stages.attack_study")
+    cfg = make_cfg(over)
+    run_task(cfg)
+    assert caplog.text.count("already done, skipping") == 2
+    resumed = read_outcomes(Path(cfg.paths.output_dir) / "attack" / "outcomes.parquet")
+    fresh_cfg = make_cfg(over, sub="fresh")
+    run_task(fresh_cfg)
+    fresh = read_outcomes(Path(fresh_cfg.paths.output_dir) / "attack" / "outcomes.parquet")
+    pd.testing.assert_frame_equal(resumed, fresh)
+
+
+def test_same_seed_gives_the_same_table(make_cfg):
+    tables = []
+    for sub in ("a", "b"):
+        cfg = make_cfg(STUDY + ["model=[shallow]"], sub=sub)
+        run_task(cfg)
+        tables.append(read_outcomes(Path(cfg.paths.output_dir) / "attack" / "outcomes.parquet"))
+    pd.testing.assert_frame_equal(*tables)
+
+
+def _tiny_setup():
+    torch.manual_seed(0)
+    model = build_vgg_small(10, widths=(4, 4, 8, 8, 8), hidden=16, dropout=0.0).eval()
+    dm = DigitsDataModule(seed=0)
+    test = dm.split("test")
+    ds = TensorImageDataset(test.images[:37], test.labels[:37])  # odd: the distributed sampler pads
+    return model, ds
+
+
+def _evaluate(out: Path, strategy: str, devices: int) -> pd.DataFrame:
+    model, ds = _tiny_setup()
+    module = AttackSweepModule({"m": model}, [1 / 255, 8 / 255], out)
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    trainer.test(module, dataloaders=DataLoader(ds, batch_size=1), verbose=False)
+    return merge_rank_shards(out)[0]
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes_give_the_single_process_table(tmp_path):
+    single = _evaluate(tmp_path / "single", "auto", 1)
+    ddp = _evaluate(tmp_path / "ddp", "ddp_spawn", 2)
+    assert len(list((tmp_path / "ddp").glob("outcomes.rank*.parquet"))) == 2
+    assert len(ddp) == len(single) == 2 * 37  # every image exactly once per eps, padding dropped
+    pd.testing.assert_frame_equal(ddp, single)
