@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
@@ -113,3 +114,29 @@ def test_ddp_two_processes_give_the_single_process_table(tmp_path):
     assert len(list((tmp_path / "ddp").glob("outcomes.rank*.parquet"))) == 2
     assert len(ddp) == len(single) == 2 * 37  # every image exactly once per eps, padding dropped
     pd.testing.assert_frame_equal(ddp, single)
+
+
+def test_study_table_matches_a_direct_fgsm_on_true_labels(make_cfg):
+    """The stored outcomes are exactly FGSM on the TRUE labels (the paper's setting) unless asked otherwise."""
+    from advprior.attacks import FGSM
+    from advprior.context import RunContext
+    from advprior.stages import train
+    from advprior.store import ArtifactStore
+
+    cfg = make_cfg(STUDY + ["model=[vgg_small]"])
+    run_task(cfg)
+    df = read_outcomes(Path(cfg.paths.output_dir) / "attack" / "outcomes.parquet")
+    ctx = RunContext(cfg=cfg, run_dir=Path(cfg.paths.output_dir), store=ArtifactStore(cfg.paths.store_dir))
+    model, _ = train.train_or_load(ctx, "vgg_small")
+    ds = ctx.datamodule.eval_dataset()
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    for eps in (8 / 255, 32 / 255):
+        with torch.no_grad():
+            pred = model(FGSM(model, eps)(x, y)).argmax(1)
+        rows = df[np.isclose(df["eps"], eps)].sort_values("index")
+        assert torch.equal(torch.tensor(rows["adv_top1"].to_numpy()), pred)
+    pred_cfg = make_cfg(STUDY + ["model=[vgg_small]", "attack.labels=predicted"], sub="pred")
+    run_task(pred_cfg)
+    other = read_outcomes(Path(pred_cfg.paths.output_dir) / "attack" / "outcomes.parquet")
+    assert not other["adv_top1"].equals(df["adv_top1"]) or (df["clean_top1"] == df["label"]).all()

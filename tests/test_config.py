@@ -13,7 +13,8 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["data", "trainer", "paths", "extras", "hydra", "experiment", "debug"])
+@pytest.mark.parametrize("group", ["data", "trainer", "paths", "extras", "hydra", "experiment", "debug",
+                                   "attack", "prior", "defense", "callbacks"])
 def test_every_option_composes(make_cfg, group):
     required = {"data/folder": ["data.root=/tmp/x"]}
     for opt in options(group):
@@ -82,5 +83,8 @@ def test_missing_required_path_is_reported(make_cfg):
 
 def test_experiment_overlays(make_cfg):
     cfg = make_cfg(["experiment=depth_vs_shallow"])
-    assert list(cfg.model) == ["vgg_small", "shallow", "shallow_hidden"]
+    assert list(cfg.model) == ["vgg_small", "shallow_hidden", "shallow"]
     assert cfg.task_name == "depth_vs_shallow"
+    cfg = make_cfg(["experiment=dropout"])
+    assert cfg.model.vgg_small.dropout == 0.5 and cfg.model.vgg_small_nodropout.dropout == 0.0
+    assert cfg.model.vgg_small_nodropout.widths == cfg.model.vgg_small.widths

@@ -61,5 +61,25 @@ def test_cli_with_wandb_offline_keeps_everything_in_the_run(tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert logged["summary"]["train/shallow/test_acc"] == saved["train/shallow/test_acc"]
     assert any("train/shallow/loss_epoch" in row for row in logged["history"])
+    # the FGSM eval callback tracked robustness while the model trained
+    assert 0 <= logged["summary"]["val_attack/shallow/eps=0.003333/adv_acc"] <= 1
     leaked = [p for p in home.rglob("*") if "wandb" in str(p.relative_to(home)).lower()]
     assert not leaked, leaked
+
+
+def test_a_shorter_training_is_not_mistaken_for_a_longer_one(make_cfg):
+    from advprior.context import RunContext
+    from advprior.stages.train import model_identity
+    from advprior.store import ArtifactStore
+
+    def key(over):
+        cfg = make_cfg(over)
+        return model_identity(RunContext(cfg=cfg, run_dir=Path(cfg.paths.output_dir),
+                                         store=ArtifactStore(cfg.paths.store_dir)), "vgg_small")
+
+    base = key([])
+    assert key(["trainer.max_epochs=2"]) != base
+    assert key(["trainer.limit_train_batches=5"]) != base
+    assert key(["model.vgg_small.train.optimizer.lr=0.01"]) != base
+    assert key(["seed=1"]) != base
+    assert key(["trainer.enable_progress_bar=true", "data.eval_subset=10", "data.num_workers=2"]) == base

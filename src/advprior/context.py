@@ -25,6 +25,7 @@ class RunContext:
     loggers: dict[str, Logger] = field(default_factory=dict)
     models: dict[str, Classifier] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    priors: dict[str, Any] = field(default_factory=dict)
     _datamodule: pl.LightningDataModule | None = None
 
     @property

@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 STAGES: dict[str, str] = {
     "train": "advprior.stages.train",
     "attack": "advprior.stages.attack_study",
+    "prior": "advprior.stages.prior_fit",
+    "defense": "advprior.stages.defense",
 }
 
 

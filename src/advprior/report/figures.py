@@ -200,3 +200,23 @@ def transfer_heatmap(matrix_df: pd.DataFrame, value: str = "fooling_rate") -> Fi
                         color="white" if data[i, j] < 0.5 else "black", fontsize=9)
     fig.colorbar(im, ax=ax, label=value)
     return fig
+
+
+def defense_panels(images: Sequence[Any], titles: Sequence[str], per_row: int = 3) -> Figure:
+    """The paper's Figures 10-12: adversarial images titled with the base and posterior probability of
+    the adversarial label (one panel each)."""
+    n = len(images)
+    if n == 0:
+        fig = _new_figure((6, 2))
+        fig.text(0.5, 0.5, "no high-confidence adversarial examples", ha="center", va="center")
+        return fig
+    rows = (n + per_row - 1) // per_row
+    fig = _new_figure((4.2 * min(n, per_row), 4.4 * rows))
+    for i, (img, title) in enumerate(zip(images, titles)):
+        ax = fig.add_subplot(rows, min(n, per_row), i + 1)
+        arr, cmap = _to_hwc(img)
+        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

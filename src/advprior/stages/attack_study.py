@@ -44,6 +44,16 @@ def epsilons(cfg) -> list[float]:
     return eps
 
 
+def use_true_labels(cfg) -> bool:
+    """``attack.labels``: ``true`` attacks the true labels (the paper), ``predicted`` the model's own."""
+    v = cfg.attack.labels
+    if v is True or str(v).lower() == "true":
+        return True
+    if str(v).lower() == "predicted":
+        return False
+    raise ValueError(f"attack.labels must be 'true' or 'predicted', got {v!r}")
+
+
 def paper_eps(cfg) -> float:
     eps = epsilons(cfg)
     want = float(cfg.attack.figure_eps) / float(cfg.attack.scale)
@@ -96,7 +106,7 @@ def evaluate(ctx: RunContext, out: Path) -> None:
         if shard.exists():
             shutil.rmtree(shard)
         module = AttackSweepModule(
-            ctx.models, epsilons(cfg), shard, use_true_labels=cfg.attack.labels == "true",
+            ctx.models, epsilons(cfg), shard, use_true_labels=use_true_labels(cfg),
             high_conf_threshold=float(cfg.attack.high_conf_threshold),
             refocus_min_prob=float(cfg.attack.refocus_min_prob), close=close,
             transfer=bool(cfg.attack.transfer), paths=paths,
@@ -124,7 +134,7 @@ def images_fn(ctx: RunContext, model_name: str, eps: float):
     from ..attacks import FGSM
     dataset = ctx.datamodule.eval_dataset()
     attack = FGSM(ctx.models[model_name], eps)
-    use_true = ctx.cfg.attack.labels == "true"
+    use_true = use_true_labels(ctx.cfg)
 
     def fn(index: int):
         x, y, _ = dataset[int(index)]

@@ -38,10 +38,19 @@ def build_model(mcfg: DictConfig, datamodule: Any) -> Classifier:
     return instantiate(spec)
 
 
+# Trainer keys that do not change the trained weights.
+TRAINER_KEYS_IGNORED = {"enable_progress_bar", "log_every_n_steps", "num_sanity_val_steps", "limit_val_batches",
+                        "limit_test_batches", "enable_model_summary", "default_root_dir"}
+
+
 def model_key_payload(name: str, mcfg: DictConfig, cfg: DictConfig) -> dict:
+    """Everything the trained weights depend on: model, data, trainer settings (epochs, batch limits,
+    precision, devices...) and the seed."""
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in DATA_KEYS_IGNORED}
-    return {"model": OmegaConf.to_container(mcfg, resolve=True), "data": data, "seed": int(cfg.seed),
-            "version": STAGE_VERSION}
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+               if k not in TRAINER_KEYS_IGNORED}
+    return {"model": OmegaConf.to_container(mcfg, resolve=True), "data": data, "trainer": trainer,
+            "seed": int(cfg.seed), "version": STAGE_VERSION}
 
 
 def model_identity(ctx: RunContext, name: str) -> object:
@@ -53,7 +62,8 @@ def model_identity(ctx: RunContext, name: str) -> object:
 
 
 def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl.Trainer:
-    callbacks = []
+    """A Trainer from ``cfg.trainer`` with the run's loggers, the ``cfg.callbacks`` and a progress bar."""
+    callbacks = [instantiate(c) for c in (ctx.cfg.get("callbacks") or {}).values() if c is not None]
     if ctx.cfg.trainer.get("enable_progress_bar", True) and ctx.cfg.get("extras", {}).get("rich_progress", True):
         callbacks.append(pl.callbacks.RichProgressBar())
     kwargs = dict(

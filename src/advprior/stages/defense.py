@@ -1,0 +1,176 @@
+"""Stage ``defense``: judge the Bayesian prior (paper section 6-7) honestly.
+
+On the eval images, for every eps: the base model and the posterior on clean images, on FGSM examples
+crafted against the base model (non-adaptive, the paper's setting), and on FGSM and PGD crafted through the
+posterior itself (white-box adaptive). Rates get bootstrap 95% intervals; the prior's log density is also
+scored as a detector of adversarial inputs (ROC-AUC).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import binary_auroc
+
+from ..analysis.rates import bootstrap_ci, format_eps
+from ..attacks import FGSM, PGD, FGSMSweep
+from ..context import RunContext
+from ..prior import BayesianPriorClassifier
+from ..utils.io import atomic_write
+from ..utils.loggers import log_figure, log_table
+from .attack_study import epsilons, use_true_labels
+
+log = logging.getLogger(__name__)
+
+
+def defended_model(ctx: RunContext) -> BayesianPriorClassifier:
+    p = ctx.cfg.prior
+    return BayesianPriorClassifier(ctx.models[ctx.target_model], ctx.priors[ctx.target_model],
+                                   feature_layer=p.feature_layer, weight=float(p.weight),
+                                   top_k=None if p.get("top_k") is None else int(p.top_k)).eval()
+
+
+def _pred_prob(log_probs: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return log_probs.gather(1, cls[:, None]).squeeze(1).exp()
+
+
+def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
+    """One row per (eps, image): base and posterior predictions clean, under FGSM and adaptive attacks."""
+    cfg, dcfg = ctx.cfg, ctx.cfg.defense
+    base, defended = ctx.models[ctx.target_model], defended_model(ctx)
+    eps_list = epsilons(cfg)
+    loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=int(cfg.data.get("eval_batch_size") or 64))
+    rows = []
+    for x, y, idx in loader:
+        with torch.no_grad():
+            comp = defended.components(x)
+        clean_pred = comp["log_likelihood"].argmax(1)
+        post_clean = comp["log_posterior"].argmax(1)
+        clean_score = comp["log_prior"].gather(1, clean_pred[:, None]).squeeze(1)
+        target = y if use_true_labels(cfg) else None  # the same labels as the attack study
+        sweep = FGSMSweep(base, eps_list).sweep(x, target)
+        for k, eps in enumerate(eps_list):
+            adv = sweep.adv_images(k)
+            with torch.no_grad():
+                ca = defended.components(adv)
+            adv_pred = ca["log_likelihood"].argmax(1)
+            post_adv = ca["log_posterior"].argmax(1)
+            row = {
+                "eps": np.full(len(y), eps), "index": idx.numpy(), "label": y.numpy(),
+                "base_clean_pred": clean_pred.numpy(), "post_clean_pred": post_clean.numpy(),
+                "base_adv_pred": adv_pred.numpy(),
+                "base_adv_prob": _pred_prob(ca["log_likelihood"], adv_pred).numpy(),
+                "post_adv_pred": post_adv.numpy(),
+                "post_prob_of_adv_label": _pred_prob(ca["log_posterior"], adv_pred).numpy(),
+                "clean_score": clean_score.numpy(),
+                "adv_score": ca["log_prior"].gather(1, adv_pred[:, None]).squeeze(1).numpy(),
+            }
+            if dcfg.adaptive.fgsm:
+                a_fgsm = FGSM(defended, eps)(x, target)
+                with torch.no_grad():
+                    row["adaptive_fgsm_post_pred"] = defended(a_fgsm).argmax(1).numpy()
+            if dcfg.adaptive.pgd.steps:
+                steps = int(dcfg.adaptive.pgd.steps)
+                alpha = max(eps * float(dcfg.adaptive.pgd.alpha_factor), 1e-12)
+                gen = torch.Generator().manual_seed(int(cfg.seed) + int(idx[0]))
+                a_pgd = PGD(defended, eps, alpha, steps, random_start=bool(dcfg.adaptive.pgd.random_start),
+                            generator=gen)(x, target) if eps > 0 else x
+                b_pgd = PGD(base, eps, alpha, steps, random_start=bool(dcfg.adaptive.pgd.random_start),
+                            generator=torch.Generator().manual_seed(int(cfg.seed) + int(idx[0])))(x, target) if eps > 0 else x
+                with torch.no_grad():
+                    row["adaptive_pgd_post_pred"] = defended(a_pgd).argmax(1).numpy()
+                    row["pgd_base_pred"] = base(b_pgd).argmax(1).numpy()
+            rows.append(pd.DataFrame(row))
+    return pd.concat(rows, ignore_index=True)
+
+
+def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per eps: accuracies, mitigation and recovery rates (bootstrap 95% CIs) and the detector's ROC-AUC.
+
+    mitigation_rate: among images whose FGSM example changed the base label with base probability
+    > threshold (high-confidence adversarial examples), the share whose posterior top-1 is not the
+    adversarial label. recovery_rate: the share (same subset) whose posterior top-1 is the true label.
+    detector_auc: ROC-AUC of -log p(r | y_hat, x) separating successful adversarial examples (label changed)
+    from the clean images, where y_hat is the base model's prediction for that input.
+    """
+    out = []
+    for eps, g in df.groupby("eps", sort=True):
+        rec: dict[str, float] = {"eps": eps, "eps_255": eps * 255, "n": len(g)}
+
+        def ci(name: str, values) -> None:
+            m, lo, hi = bootstrap_ci(np.asarray(values, dtype=float), n_boot=n_boot, seed=seed)
+            rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = m, lo, hi
+
+        y = g["label"].to_numpy()
+        ci("base_clean_acc", g["base_clean_pred"].to_numpy() == y)
+        ci("post_clean_acc", g["post_clean_pred"].to_numpy() == y)
+        ci("base_adv_acc", g["base_adv_pred"].to_numpy() == y)
+        ci("post_adv_acc", g["post_adv_pred"].to_numpy() == y)
+        changed = g["base_adv_pred"].to_numpy() != g["base_clean_pred"].to_numpy()
+        high = changed & (g["base_adv_prob"].to_numpy() > threshold)
+        rec["n_high_conf"] = int(high.sum())
+        ci("mitigation_rate", g["post_adv_pred"].to_numpy()[high] != g["base_adv_pred"].to_numpy()[high])
+        ci("recovery_rate", g["post_adv_pred"].to_numpy()[high] == y[high])
+        if "adaptive_fgsm_post_pred" in g:
+            ci("adaptive_fgsm_post_acc", g["adaptive_fgsm_post_pred"].to_numpy() == y)
+        if "adaptive_pgd_post_pred" in g:
+            ci("adaptive_pgd_post_acc", g["adaptive_pgd_post_pred"].to_numpy() == y)
+            ci("pgd_base_acc", g["pgd_base_pred"].to_numpy() == y)
+        rec["n_detector_adv"] = int(changed.sum())
+        if changed.any():
+            scores = np.concatenate([-g["clean_score"].to_numpy(), -g["adv_score"].to_numpy()[changed]])
+            target = np.concatenate([np.zeros(len(g)), np.ones(int(changed.sum()))])
+            scores = np.nan_to_num(scores, nan=0.0, posinf=1e30, neginf=-1e30)
+            rec["detector_auc"] = float(binary_auroc(torch.tensor(scores), torch.tensor(target, dtype=torch.long)))
+        else:
+            rec["detector_auc"] = float("nan")
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def panel_images(ctx: RunContext, df: pd.DataFrame, n: int) -> tuple[list[torch.Tensor], list[str]]:
+    """The paper's Figures 10-12: high-confidence FGSM examples with the base and posterior probability of
+    the adversarial label (first ``n`` by index at ``attack.figure_eps``)."""
+    cfg = ctx.cfg
+    eps = float(cfg.attack.figure_eps) / float(cfg.attack.scale)
+    sub = df[np.isclose(df["eps"], eps) & (df["base_adv_pred"] != df["base_clean_pred"])
+             & (df["base_adv_prob"] > float(cfg.attack.high_conf_threshold))].head(n)
+    names = getattr(ctx.datamodule, "class_names", None) or [str(i) for i in range(ctx.datamodule.num_classes)]
+    ds, attack = ctx.datamodule.eval_dataset(), FGSM(ctx.models[ctx.target_model], eps)
+    images, titles = [], []
+    for _, r in sub.iterrows():
+        x, y, _ = ds[int(r["index"])]
+        images.append(attack(x[None], torch.tensor([y]) if use_true_labels(cfg) else None)[0])
+        verdict = "kept" if r.post_adv_pred == r.base_adv_pred else f"-> {names[int(r.post_adv_pred)]}"
+        titles.append(f"true {names[int(r.label)]}; adv {names[int(r.base_adv_pred)]}\n"
+                      f"base p={r.base_adv_prob:.2f}, posterior p={r.post_prob_of_adv_label:.2f} ({verdict})")
+    return images, titles
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    from ..report.figures import defense_panels, save_figure
+
+    cfg, dcfg = ctx.cfg, ctx.cfg.defense
+    if ctx.target_model not in ctx.priors:
+        from . import prior_fit
+        prior_fit.run(ctx)
+    df = evaluate_defense(ctx)
+    ddir = ctx.run_dir / "defense"
+    atomic_write(ddir / "outcomes.parquet", lambda p: df.to_parquet(p, index=False))
+    summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
+    atomic_write(ddir / "summary.csv", lambda p: summary.to_csv(p, index=False))
+    metrics: dict[str, float] = {}
+    skip = {"eps", "eps_255"}
+    for _, r in summary.iterrows():
+        for col, v in r.items():
+            if col not in skip and not col.endswith(("_low", "_high")):
+                metrics[f"defense/eps={format_eps(r.eps)}/{col}"] = float(v)
+    fig = defense_panels(*panel_images(ctx, df, int(dcfg.panels)))
+    log_figure(ctx, "defense/panels", save_figure(fig, ctx.run_dir / "figures" / "defense_panels.png"))
+    log_table(ctx, "defense/summary", summary)
+    ctx.log_metrics(metrics)
+    return metrics
