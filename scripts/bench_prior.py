@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from advprior.prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior
-from advprior.prior.autoencoder import AutoencoderModule, ClassBalancedBatches, fit_autoencoder
+from advprior.prior.autoencoder import fit_autoencoder
 
 
 def timeit(fn, repeats: int, warmup: int = 0) -> float:
@@ -159,7 +159,6 @@ def main() -> None:
 
     # ---------------------------------------------------------------- (2) autoencoder training
     E, B = args.ae_epochs, args.ae_batch
-    steps = -(-n // B) * E
 
     def ours_ae(engine: str) -> None:
         fit_autoencoder(scores, counts, epochs=E, batch_size=B, bottleneck=k, seed=0, engine=engine,

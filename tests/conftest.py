@@ -38,3 +38,13 @@ def make_cfg(tmp_path):
         return compose_cfg(tmp_path / sub if sub else tmp_path, overrides, fast)
     yield _make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test: on 2 shared cores, small ops (ToTensor, tiny matmuls) run many
+    times slower with 2 threads than with 1 (oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

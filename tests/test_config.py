@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from advprior.validation import ConfigError, validate_config
 from conftest import CONF

@@ -20,13 +20,7 @@ SPLIT = (0.6, 0.2, 0.2)
 FRACTIONS = {"val_fraction": 0.2, "test_fraction": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """ToTensor on 2 shared cores is ~20x slower with 2 intra-op threads than with 1 (oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

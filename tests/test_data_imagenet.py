@@ -36,13 +36,7 @@ def _all(loader):
     return torch.cat(xs), torch.cat(ys), torch.cat(idx)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """ToTensor on 2 shared cores is ~20x slower with 2 intra-op threads than with 1 (oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,7 @@ from advprior.prior import AutoencoderModule, BatchedAutoencoder, fit_autoencode
 from advprior.prior.autoencoder import ClassBalancedBatches, layer_widths
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices: on 2 busy shared cores, intra-op thread barriers cost far more than the math.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_widths_and_shapes():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..analysis.outcomes import concat_outcomes, outcome_rows, read_outcomes, write_outcomes
+from ..utils.io import save_parquet
 from .sweep import FGSMSweep
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class AttackSweepModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         rank = self.global_rank
         write_outcomes(concat_outcomes(self._rows), self.out_dir / f"outcomes.rank{rank}.parquet")
-        write_outcomes_frame(transfer_frame(self._transfer), self.out_dir / f"transfer.rank{rank}.parquet")
+        save_parquet(transfer_frame(self._transfer), self.out_dir / f"transfer.rank{rank}.parquet")
         self._rows, self._transfer = [], []
 
 
@@ -123,13 +124,6 @@ def transfer_frame(records: list[dict]) -> pd.DataFrame:
             "adv_conf": r["adv_conf"].numpy().astype("float64"),
         }))
     return pd.concat(frames, ignore_index=True)
-
-
-def write_outcomes_frame(df: pd.DataFrame, path: Path) -> Path:
-    from ..utils.io import atomic_path
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
-    return path
 
 
 def merge_rank_shards(out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -21,10 +21,10 @@ from ..analysis.outcomes import read_outcomes, write_outcomes
 from ..analysis.rates import attack_summary, category_counts, format_eps, metric_dict
 from ..analysis.similarity import weight_similarity_close
 from ..analysis.transfer import transfer_matrix
-from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards, write_outcomes_frame
+from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards
 from ..context import RunContext
 from ..store import link_into
-from ..utils.io import atomic_write
+from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
 from .train import make_trainer, model_identity
 
@@ -118,14 +118,14 @@ def evaluate(ctx: RunContext, out: Path) -> None:
         if trainer.is_global_zero:  # rank 0 merges every rank's rows (the dataset yields global indices)
             outcomes, transfer = merge_rank_shards(shard)
             write_outcomes(outcomes, shard / "outcomes.parquet")
-            write_outcomes_frame(transfer, shard / "transfer.parquet")
+            save_parquet(transfer, shard / "transfer.parquet")
         trainer.strategy.barrier()
         log.info("attack: shard %d (%d images) done", s, min(n, start + size) - start)
     parts = sorted((out / "shards").glob("*/outcomes.parquet"))
     outcomes = pd.concat([read_outcomes(p) for p in parts], ignore_index=True)
     transfer = pd.concat([pd.read_parquet(p.with_name("transfer.parquet")) for p in parts], ignore_index=True)
     write_outcomes(outcomes, out / "outcomes.parquet")
-    write_outcomes_frame(transfer, out / "transfer.parquet")
+    save_parquet(transfer, out / "transfer.parquet")
     shutil.rmtree(out / "shards")
 
 
@@ -166,8 +166,8 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
             hist, fdir / f"attack_confidence_{name}.png"))
     summary = pd.concat([s.assign(model=n) for n, s in summaries.items()], ignore_index=True)
     summary = summary[["model"] + [c for c in summary.columns if c != "model"]]
-    _write_csv(summary, adir / "summary.csv")
-    _write_csv(pd.concat(counts, ignore_index=True), adir / "categories.csv")
+    save_csv(summary, adir / "summary.csv")
+    save_csv(pd.concat(counts, ignore_index=True), adir / "categories.csv")
 
     target = ctx.target_model
     tdf = outcomes[(outcomes["model"] == target) & (outcomes["eps"] == fig_eps)]
@@ -188,7 +188,7 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
             m.insert(0, "eps", eps)
             mats.append(m)
         mat = pd.concat(mats, ignore_index=True)
-        _write_csv(mat, adir / "transfer.csv")
+        save_csv(mat, adir / "transfer.csv")
         at = mat[mat["eps"] == fig_eps]
         log_figure(ctx, "attack/transfer", figures.save_figure(figures.transfer_heatmap(at), fdir / "attack_transfer.png"))
         for _, r in at.iterrows():
@@ -210,10 +210,6 @@ def _conf_logits(g: pd.DataFrame) -> torch.Tensor:
     logits[torch.arange(len(g)), pred] = conf.log()
     logits[torch.arange(len(g)), other] = (1 - conf).log()
     return logits
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda p: df.to_csv(p, index=False))
 
 
 def run(ctx: RunContext) -> dict[str, float]:

@@ -8,7 +8,6 @@ scored as a detector of adversarial inputs (ROC-AUC).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,7 @@ from ..analysis.rates import bootstrap_ci, format_eps
 from ..attacks import FGSM, PGD, FGSMSweep
 from ..context import RunContext
 from ..prior import BayesianPriorClassifier
-from ..utils.io import atomic_write
+from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
 from .attack_study import epsilons, use_true_labels
 
@@ -160,9 +159,9 @@ def run(ctx: RunContext) -> dict[str, float]:
         prior_fit.run(ctx)
     df = evaluate_defense(ctx)
     ddir = ctx.run_dir / "defense"
-    atomic_write(ddir / "outcomes.parquet", lambda p: df.to_parquet(p, index=False))
+    save_parquet(df, ddir / "outcomes.parquet")
     summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
-    atomic_write(ddir / "summary.csv", lambda p: summary.to_csv(p, index=False))
+    save_csv(summary, ddir / "summary.csv")
     metrics: dict[str, float] = {}
     skip = {"eps", "eps_255"}
     for _, r in summary.iterrows():

@@ -62,3 +62,13 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def save_parquet(df: Any, path: str | os.PathLike) -> Path:
+    """Write a DataFrame as Parquet atomically (no index)."""
+    return atomic_write(path, lambda p: df.to_parquet(p, index=False))
+
+
+def save_csv(df: Any, path: str | os.PathLike) -> Path:
+    """Write a DataFrame as CSV atomically (no index)."""
+    return atomic_write(path, lambda p: df.to_csv(p, index=False))

@@ -11,7 +11,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .io import atomic_write
+from .io import save_csv
 
 log = logging.getLogger(__name__)
 
@@ -43,5 +43,5 @@ class MultirunSummary(Callback):
         if df.empty:
             log.warning("multirun summary: no finished jobs in %s", sweep_dir)
             return
-        atomic_write(sweep_dir / "summary.csv", lambda p: df.to_csv(p, index=False))
+        save_csv(df, sweep_dir / "summary.csv")
         log.info("multirun summary: %d jobs -> %s", len(df), sweep_dir / "summary.csv")
