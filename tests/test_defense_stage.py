@@ -42,9 +42,15 @@ def test_defense_end_to_end(make_cfg, caplog):
     assert 0 < saved["prior/explained_variance_mean"] <= 1
     assert saved["prior/ae_recon_loss"] < saved["prior/ae_recon_loss_first"]
     assert (run / "figures" / "defense_panels.png").is_file()
-    caplog.set_level("INFO", logger="advprior.stages.prior_fit")
+    caplog.set_level("INFO", logger="advprior.stages")
+    again = run_task(make_cfg(DEFENSE))
+    assert "reusing per-image results" in caplog.text
+    assert again["defense/eps=0.06275/post_adv_acc"] == metrics["defense/eps=0.06275/post_adv_acc"]
+    assert again["defense/eps=0.06275/mitigation_rate"] == pytest.approx(metrics["defense/eps=0.06275/mitigation_rate"], nan_ok=True)
+    caplog.clear()
     run_task(make_cfg(DEFENSE + ["defense.adaptive.pgd.steps=0"]))
-    assert "reusing fitted prior" in caplog.text  # defense settings do not refit the prior
+    assert "reusing fitted prior" in caplog.text  # defense settings do not refit the prior...
+    assert "reusing per-image results" not in caplog.text  # ...but they do re-evaluate the defense
 
 
 def test_feature_cache_resumes_after_interrupt(tmp_path, monkeypatch):

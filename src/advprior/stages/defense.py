@@ -19,6 +19,7 @@ from ..analysis.rates import bootstrap_ci, format_eps
 from ..attacks import FGSM, PGD, FGSMSweep
 from ..context import RunContext
 from ..prior import BayesianPriorClassifier
+from ..store import link_into
 from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
 from .attack_study import epsilons, use_true_labels
@@ -150,6 +151,21 @@ def panel_images(ctx: RunContext, df: pd.DataFrame, n: int) -> tuple[list[torch.
     return images, titles
 
 
+def defense_key(ctx: RunContext) -> str:
+    """What the per-image defense results depend on: the prior (and through it the model and data), the
+    evaluation images, the eps list, the attacked labels, the posterior's settings and the attacks."""
+    from omegaconf import OmegaConf
+
+    from .prior_fit import prior_key
+    cfg = ctx.cfg
+    return ctx.store.key("defense", {
+        "prior": prior_key(ctx), "eval_subset": cfg.data.get("eval_subset"), "epsilons": epsilons(cfg),
+        "true_labels": use_true_labels(cfg), "weight": float(cfg.prior.weight), "top_k": cfg.prior.get("top_k"),
+        "adaptive": OmegaConf.to_container(cfg.defense.adaptive, resolve=True), "seed": int(cfg.seed),
+        "version": 1,
+    })
+
+
 def run(ctx: RunContext) -> dict[str, float]:
     from ..report.figures import defense_panels, save_figure
 
@@ -157,9 +173,16 @@ def run(ctx: RunContext) -> dict[str, float]:
     if ctx.target_model not in ctx.priors:
         from . import prior_fit
         prior_fit.run(ctx)
-    df = evaluate_defense(ctx)
+    key = defense_key(ctx)
+    out = ctx.store.path("defense", key)
+    if ctx.store.is_done("defense", key):
+        log.info("defense: reusing per-image results %s", out)
+    else:
+        save_parquet(evaluate_defense(ctx), out / "outcomes.parquet")
+        ctx.store.mark_done("defense", key)
+    df = pd.read_parquet(out / "outcomes.parquet")
     ddir = ctx.run_dir / "defense"
-    save_parquet(df, ddir / "outcomes.parquet")
+    link_into(out / "outcomes.parquet", ddir / "outcomes.parquet")
     summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
     save_csv(summary, ddir / "summary.csv")
     metrics: dict[str, float] = {}

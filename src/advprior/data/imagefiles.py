@@ -1,0 +1,305 @@
+"""A robust image-file dataset shared by the ImageNet and folder data modules.
+
+Bad-file handling (``on_bad_image``):
+
+* ``"skip"`` (default): an undecodable file never reaches a batch. A warning names its path, it is
+  listed in ``dataset.bad_files``, and the total is logged at the end of every pass over an
+  ``ImageFileLoader``.
+* ``"error"``: the first undecodable file raises ``BadImageError`` naming the path and the switch
+  ``data.on_bad_image=skip``.
+
+Two layers make that hold:
+
+1. A preflight ``check`` at construction, over exactly the samples given (callers pass only the subset
+   in use). ``"decode"`` decodes every file at 1/8 JPEG scale (~1 ms a file, threaded; catches
+   garbage AND truncated files), ``"header"`` only runs PIL ``verify()`` (~0.1 ms; misses truncation),
+   ``"none"`` skips it (e.g. for the 1.28M-image train set). Bad files are removed from the sample list
+   BEFORE indices are assigned, so ``index`` is the position in the dataset (0..len-1) and every
+   position is a valid image. Under ``torch.distributed`` each rank checks a 1/world shard and the bad
+   lists are all-gathered, so every rank ends up with the same sample list (and does 1/world of the work).
+2. A lazy guard in ``__getitem__``: a file that still fails to decode (not preflighted, or changed on
+   disk) yields ``None``, which ``SkipNoneCollate`` drops from the batch; the failure is flagged in a
+   shared-memory tensor so the main process sees it in ``bad_files`` even with worker processes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+ON_BAD_IMAGE = ("skip", "error")
+CHECKS = ("decode", "header", "none")
+
+Sample = tuple[str, int]
+
+
+class BadImageError(RuntimeError):
+    """An image file could not be decoded (raised with ``on_bad_image="error"``)."""
+
+
+def bad_image_message(path: str | os.PathLike, reason: str) -> str:
+    return (
+        f"Cannot decode image file {path}: {reason}. To skip undecodable files instead of failing, "
+        f"set data.on_bad_image=skip."
+    )
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Image files directly inside ``folder`` (not recursive), sorted by name."""
+    with os.scandir(folder) as it:
+        return sorted(e.path for e in it if e.is_file() and is_image_file(e.name))
+
+
+def _validate_choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: got {value!r}, allowed {list(allowed)}")
+    return value
+
+
+def load_image(path: str, mode: str = "RGB") -> Image.Image:
+    """Fully decode ``path`` and convert to ``mode`` (raises whatever PIL raises)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert(mode)  # convert() forces the full decode while the file is open
+
+
+def check_image(path: str, check: str = "decode") -> str | None:
+    """``None`` if ``path`` passes ``check``, else the reason it fails (exception type and message)."""
+    if check == "none":
+        return None
+    try:
+        with Image.open(path) as img:
+            if check == "header":
+                img.verify()
+            else:
+                img.draft(None, (1, 1))  # JPEG: decode at 1/8 scale; the whole stream is still read
+                img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... for bad data
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def find_bad(
+    paths: Sequence[str],
+    check: str = "decode",
+    num_threads: int | None = None,
+    distributed: bool = True,
+) -> dict[int, str]:
+    """``{position in paths: reason}`` for the files failing ``check``.
+
+    With ``distributed=True`` and an initialized process group of world size > 1, rank r checks
+    positions r, r+W, ... and the results are all-gathered: every rank MUST call this together.
+    """
+    _validate_choice("check", check, CHECKS)
+    if check == "none" or not paths:
+        return {}
+    rank, world = 0, 1
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    mine = list(range(rank, len(paths), world))
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    if threads > 1 and len(mine) > 16:
+        with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
+            reasons = list(pool.map(lambda i: check_image(paths[i], check), mine))
+    else:
+        reasons = [check_image(paths[i], check) for i in mine]
+    bad = {i: r for i, r in zip(mine, reasons) if r is not None}
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, bad)
+        bad = {i: r for part in gathered for i, r in part.items()}
+    return dict(sorted(bad.items()))
+
+
+class ImageFileDataset(Dataset):
+    """Image files with integer labels; yields ``(image, label, index)``.
+
+    Args:
+        samples: ``(path, label)`` pairs in dataset order (deterministic order is the caller's job).
+        transform: applied to the decoded PIL image (e.g. Resize/CenterCrop/ToTensor -> (C, H, W) in [0,1]).
+        on_bad_image: ``"skip"`` or ``"error"`` (see module doc).
+        check: preflight at construction: ``"decode"``, ``"header"`` or ``"none"``.
+        mode: PIL mode the images are converted to (``"RGB"`` -> 3 channels, ``"L"`` -> 1).
+        name: used in log messages.
+        distributed: shard the preflight over an initialized process group (all ranks must construct together).
+        num_threads: preflight threads (default min(8, cpu count)).
+        known_bad: paths already found bad by the caller (reported in ``bad_files``, not re-checked).
+
+    ``index`` is the position in this dataset (after bad files were removed); ``samples[index]`` gives
+    the file.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[Image.Image], Any] | None = None,
+        *,
+        on_bad_image: str = "skip",
+        check: str = "decode",
+        mode: str = "RGB",
+        name: str = "images",
+        distributed: bool = True,
+        num_threads: int | None = None,
+        known_bad: Sequence[str] = (),
+    ) -> None:
+        self.on_bad_image = _validate_choice("on_bad_image", on_bad_image, ON_BAD_IMAGE)
+        self.check = _validate_choice("check", check, CHECKS)
+        self.transform = transform
+        self.mode = mode
+        self.name = name
+        samples = [(str(p), int(y)) for p, y in samples]
+        bad = find_bad([p for p, _ in samples], check, num_threads=num_threads, distributed=distributed)
+        self._preflight_bad: list[str] = [str(p) for p in known_bad]
+        for i, reason in bad.items():
+            path = samples[i][0]
+            if self.on_bad_image == "error":
+                raise BadImageError(bad_image_message(path, reason))
+            log.warning("Skipping undecodable image %s (%s) in %s", path, reason, name)
+            self._preflight_bad.append(path)
+        self.samples: list[Sample] = [s for i, s in enumerate(samples) if i not in bad]
+        if bad:
+            log.warning(
+                "%s: %d of %d image files undecodable and skipped (data.on_bad_image=skip)",
+                name, len(bad), len(samples),
+            )
+        # failures seen lazily in __getitem__, visible across DataLoader worker processes
+        self._lazy_bad = torch.zeros(len(self.samples), dtype=torch.uint8)
+        if len(self.samples):
+            self._lazy_bad.share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int] | None:
+        path, label = self.samples[index]
+        try:
+            img = load_image(path, self.mode)
+        except Exception as e:  # decode failures only; the transform below is outside the guard
+            reason = f"{type(e).__name__}: {e}"
+            if self.on_bad_image == "error":
+                raise BadImageError(bad_image_message(path, reason)) from e
+            if not self._lazy_bad[index]:
+                log.warning("Skipping undecodable image %s (%s) in %s", path, reason, self.name)
+            self._lazy_bad[index] = 1
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label, index
+
+    @property
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.samples]
+
+    @property
+    def targets(self) -> list[int]:
+        return [y for _, y in self.samples]
+
+    @property
+    def bad_files(self) -> list[str]:
+        """Paths of undecodable files: removed at preflight, then those found while loading."""
+        lazy = [self.samples[i][0] for i in torch.nonzero(self._lazy_bad).flatten().tolist()]
+        return self._preflight_bad + lazy
+
+    def log_summary(self) -> int:
+        """Log the total count of undecodable files skipped so far; returns it."""
+        n = len(self.bad_files)
+        if n:
+            shown = ", ".join(self.bad_files[:5]) + (" ..." if n > 5 else "")
+            log.warning("%s: %d undecodable image file(s) skipped in total: %s", self.name, n, shown)
+        return n
+
+
+class SkipNoneCollate:
+    """Default collation after dropping ``None`` samples (undecodable files).
+
+    A batch whose samples all failed becomes empty tensors of shape ``(0, *image_shape)``, ``(0,)``, ``(0,)``.
+    """
+
+    def __init__(self, image_shape: Sequence[int]) -> None:
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    def __call__(self, batch: list[Any]) -> Any:
+        batch = [b for b in batch if b is not None]
+        if not batch:
+            return (
+                torch.empty((0, *self.image_shape)),
+                torch.empty(0, dtype=torch.long),
+                torch.empty(0, dtype=torch.long),
+            )
+        return torch.utils.data.default_collate(batch)
+
+
+class ImageFileLoader(DataLoader):
+    """A ``DataLoader`` that logs its dataset's undecodable-file total at the end of each full pass."""
+
+    def __iter__(self) -> Iterator[Any]:
+        # Lightning stops after len(loader) batches without exhausting the iterator: log before the last yield
+        last = len(self) - 1
+        logged = False
+        for k, batch in enumerate(super().__iter__()):
+            if k == last:
+                self._summary()
+                logged = True
+            yield batch
+        if not logged:
+            self._summary()
+
+    def _summary(self) -> None:
+        summary = getattr(self.dataset, "log_summary", None)
+        if callable(summary):
+            summary()
+
+
+def make_loader(
+    dataset: ImageFileDataset,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    shuffle: bool = False,
+    seed: int = 0,
+    pin_memory: bool = False,
+    image_shape: Sequence[int] = (3, 224, 224),
+    drop_last: bool = False,
+) -> ImageFileLoader:
+    """An ``ImageFileLoader`` with ``SkipNoneCollate``; shuffling uses a generator seeded by ``seed``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size}, allowed >= 1")
+    if num_workers < 0:
+        raise ValueError(f"num_workers: got {num_workers}, allowed >= 0")
+    generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
+    return ImageFileLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=bool(pin_memory) and torch.cuda.is_available(),  # pinning without CUDA only warns
+        collate_fn=SkipNoneCollate(image_shape),
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def stable_seed(seed: int, key: str) -> list[int]:
+    """Entropy for ``numpy.random.default_rng`` from a seed and a string (stable across processes)."""
+    import zlib
+
+    return [int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())]
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    return Path(os.path.expanduser(str(path)))
