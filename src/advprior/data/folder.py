@@ -33,6 +33,7 @@ from advprior.data.imagefiles import (
     resolve,
     stable_seed,
 )
+from advprior.data.loaders import check_loader_args
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,8 @@ class FolderDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"val_fraction + test_fraction: got {val_fraction} + {test_fraction}, allowed < 1 (train needs the rest)"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size: got {batch_size}, allowed >= 1")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size: got {eval_batch_size}, allowed >= 1 or null (= batch_size)")
-        if eval_subset is not None and int(eval_subset) < 1:
-            raise ValueError(f"eval_subset: got {eval_subset}, allowed a positive int or null")
-        if support_per_class is not None and int(support_per_class) < 1:
-            raise ValueError(f"support_per_class: got {support_per_class}, allowed a positive int or null")
+        check_loader_args(batch_size, eval_batch_size, num_workers,
+                          {"eval_subset": eval_subset, "support_per_class": support_per_class})
         _validate_choice("on_bad_image", on_bad_image, ON_BAD_IMAGE)
         _validate_choice("check", check, CHECKS)
         self.root = resolve(root)

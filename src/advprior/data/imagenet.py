@@ -36,6 +36,7 @@ from advprior.data.imagefiles import (
     resolve,
     stable_seed,
 )
+from advprior.data.loaders import check_loader_args
 
 log = logging.getLogger(__name__)
 
@@ -140,22 +141,14 @@ class ImageNetDataModule(pl.LightningDataModule):
         eval_subset: int | None = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size: got {batch_size}, allowed >= 1")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size: got {eval_batch_size}, allowed >= 1 or null (= batch_size)")
         if eval_subset is not None:
             if val_subset is not None and int(val_subset) != int(eval_subset):
                 raise ValueError(
                     f"eval_subset: got {eval_subset} with val_subset={val_subset}; they are aliases, give one"
                 )
             val_subset = eval_subset
-        if num_workers < 0:
-            raise ValueError(f"num_workers: got {num_workers}, allowed >= 0")
-        if val_subset is not None and int(val_subset) < 1:
-            raise ValueError(f"val_subset: got {val_subset}, allowed a positive int or null (all images)")
-        if support_per_class is not None and int(support_per_class) < 1:
-            raise ValueError(f"support_per_class: got {support_per_class}, allowed a positive int or null")
+        check_loader_args(batch_size, eval_batch_size, num_workers,
+                          {"val_subset": val_subset, "support_per_class": support_per_class})
         _validate_choice("support_selection", support_selection, SUPPORT_SELECTIONS)
         _validate_choice("on_bad_image", on_bad_image, ON_BAD_IMAGE)
         _validate_choice("check", check, CHECKS)

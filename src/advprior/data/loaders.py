@@ -17,3 +17,22 @@ def make_loader(
         dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
         persistent_workers=num_workers > 0, **kw,
     )
+
+
+def check_loader_args(
+    batch_size: int,
+    eval_batch_size: int | None = None,
+    num_workers: int = 0,
+    subsets: dict[str, int | None] | None = None,
+) -> None:
+    """Shared DataModule argument checks; ``subsets`` maps argument names (e.g. ``eval_subset``,
+    ``support_per_class``) to values that must be positive ints or None."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size}, allowed >= 1")
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size: got {eval_batch_size}, allowed >= 1 or null (= batch_size)")
+    if num_workers < 0:
+        raise ValueError(f"num_workers: got {num_workers}, allowed >= 0")
+    for name, value in (subsets or {}).items():
+        if value is not None and int(value) < 1:
+            raise ValueError(f"{name}: got {value}, allowed a positive int or null (all)")
