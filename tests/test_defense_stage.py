@@ -42,6 +42,9 @@ def test_defense_end_to_end(make_cfg, caplog):
     assert 0 < saved["prior/explained_variance_mean"] <= 1
     assert saved["prior/ae_recon_loss"] < saved["prior/ae_recon_loss_first"]
     assert (run / "figures" / "defense_panels.png").is_file()
+    curve = pd.read_csv(run / "csv" / "metrics.csv")["prior/ae_recon_loss"].dropna()
+    # one point per autoencoder epoch reached the run's loggers, then the stage's final value
+    assert len(curve) == 3 + 1 and curve.iloc[-1] == pytest.approx(saved["prior/ae_recon_loss"])
     caplog.set_level("INFO", logger="advprior.stages")
     again = run_task(make_cfg(DEFENSE))
     assert "reusing per-image results" in caplog.text

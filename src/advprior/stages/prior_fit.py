@@ -87,6 +87,8 @@ def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
         negative_slope=float(pcfg.negative_slope), bandwidth=float(bw) if isinstance(bw, (int, float)) else str(bw),
         kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
         batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed),
+        # the run's loggers get the per-epoch prior/ae_recon_loss curve
+        trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1},
     )
     evr = prior.pca.explained_variance_ratio_.sum(1)
     with torch.no_grad():
