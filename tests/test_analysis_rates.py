@@ -156,3 +156,18 @@ def test_transfer_matrix_hand_case():
         transfer_matrix({("a", "b"): {"labels": labels, "clean_preds": clean_preds}})
     with pytest.raises(ValueError, match="value"):
         pivot(m, "nope")
+
+
+def test_transfer_matrix_from_predictions_equals_from_logits():
+    from advprior.analysis.transfer import transfer_matrix
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (60,), generator=g)
+    clean = torch.randint(0, 5, (60,), generator=g)
+    logits = torch.randn(60, 5, generator=g, dtype=torch.float64)
+    conf, pred = logits.softmax(1).max(1)
+    a = transfer_matrix({("s", "t"): {"labels": labels, "clean_preds": clean, "adv_logits": logits}}, n_boot=200)
+    b = transfer_matrix({("s", "t"): {"labels": labels, "clean_preds": clean, "adv_pred": pred, "adv_conf": conf}},
+                        n_boot=200)
+    pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(ValueError, match="one length"):
+        transfer_matrix({("s", "t"): {"labels": labels, "clean_preds": clean, "adv_pred": pred[:3], "adv_conf": conf}})

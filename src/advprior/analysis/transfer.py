@@ -33,6 +33,19 @@ TRANSFER_COLUMNS: tuple[str, ...] = (
 )
 
 
+def _unpack_predictions(key: Any, value: Mapping) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """labels, clean_preds, adv_pred (target top-1) and adv_conf (its probability), all (N,)."""
+    try:
+        arrays = [to_numpy(value[k]).reshape(-1) for k in ("labels", "clean_preds", "adv_pred", "adv_conf")]
+    except KeyError as e:
+        raise ValueError(f"results[{key!r}] is missing {e.args[0]!r}; needs labels, clean_preds, adv_pred, adv_conf") from None
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise ValueError(f"results[{key!r}]: labels, clean_preds, adv_pred and adv_conf must have one length, got "
+                         f"{[a.shape[0] for a in arrays]}")
+    labels, clean_preds, adv_pred, conf = arrays
+    return labels.astype(np.int64), clean_preds.astype(np.int64), adv_pred.astype(np.int64), conf.astype(np.float64)
+
+
 def _unpack(key: Any, value: Any) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     if isinstance(value, Mapping):
         if "clean_preds" in value:
@@ -70,7 +83,8 @@ def transfer_matrix(
     """Long table, one row per (source, target) in ``results`` order, with ``TRANSFER_COLUMNS``.
 
     results: ``{(source, target): {"labels": (N,), "clean_preds": (N,), "adv_logits": (N, C)}}`` (or a
-    ``(labels, clean_preds, adv_logits)`` tuple; ``clean_logits`` (N, C) may replace ``clean_preds``),
+    ``(labels, clean_preds, adv_logits)`` tuple; ``clean_logits`` (N, C) may replace ``clean_preds``;
+    ``adv_pred`` (N,) with ``adv_conf`` (N,), the target's top-1 and its probability, may replace ``adv_logits``),
     where clean_preds / adv_logits come from the target model and the adversarial images were crafted on
     the source model.
     """
@@ -78,10 +92,12 @@ def transfer_matrix(
     for key, value in results.items():
         if not (isinstance(key, tuple) and len(key) == 2):
             raise ValueError(f"results keys must be (source, target) pairs, got {key!r}")
-        labels, clean_preds, adv_logits = _unpack(key, value)
-        probs = adv_logits.softmax(dim=1)
-        conf, adv_pred = probs.max(dim=1)
-        conf, adv_pred = conf.numpy(), adv_pred.numpy()
+        if isinstance(value, Mapping) and "adv_pred" in value and "adv_conf" in value:
+            labels, clean_preds, adv_pred, conf = _unpack_predictions(key, value)
+        else:
+            labels, clean_preds, adv_logits = _unpack(key, value)
+            conf_t, pred_t = adv_logits.softmax(dim=1).max(dim=1)
+            conf, adv_pred = conf_t.numpy(), pred_t.numpy()
         correct = clean_preds == labels
         changed = adv_pred != clean_preds
         fooled = changed[correct]

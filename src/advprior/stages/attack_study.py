@@ -183,7 +183,8 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
         for eps, g in transfer.groupby("eps", sort=True):
             res = {}
             for (src, tgt), gg in g.groupby(["source", "target"], sort=False):
-                res[(src, tgt)] = (gg["label"].to_numpy(), gg["clean_pred"].to_numpy(), _conf_logits(gg))
+                res[(src, tgt)] = {"labels": gg["label"].to_numpy(), "clean_preds": gg["clean_pred"].to_numpy(),
+                                   "adv_pred": gg["adv_pred"].to_numpy(), "adv_conf": gg["adv_conf"].to_numpy()}
             m = transfer_matrix(res, n_boot=n_boot, seed=seed)
             m.insert(0, "eps", eps)
             mats.append(m)
@@ -197,19 +198,6 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
     log_table(ctx, f"attack/{target}/outcomes", tdf.head(rows))
     log_table(ctx, "attack/summary", summary)
     return metrics
-
-
-def _conf_logits(g: pd.DataFrame) -> torch.Tensor:
-    """Two-column logits whose softmax top-1 is (adv_pred's) confidence: transfer_matrix needs logits,
-    the transfer rows keep only the target's prediction and its probability."""
-    conf = torch.tensor(g["adv_conf"].to_numpy(), dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    pred = torch.tensor(g["adv_pred"].to_numpy())
-    num = int(max(pred.max().item(), g["label"].max(), g["clean_pred"].max())) + 2
-    logits = torch.full((len(g), num), -torch.inf, dtype=torch.float64)
-    other = (pred + 1) % num  # one more class holding 1 - conf
-    logits[torch.arange(len(g)), pred] = conf.log()
-    logits[torch.arange(len(g)), other] = (1 - conf).log()
-    return logits
 
 
 def run(ctx: RunContext) -> dict[str, float]:
