@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 MANIFEST = "_done.json"
 
 
+def config_without(node: Any, ignored: set[str] | tuple[str, ...]) -> dict:
+    """A resolved config node as a plain dict, minus keys that do not change a stage's result."""
+    from omegaconf import OmegaConf
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in ignored}
+
+
 def config_key(payload: Any) -> str:
     """A short stable hash of a JSON-able payload (sorted keys)."""
     blob = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -23,7 +22,7 @@ from ..analysis.similarity import weight_similarity_close
 from ..analysis.transfer import transfer_matrix
 from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards
 from ..context import RunContext
-from ..store import link_into
+from ..store import config_without, link_into
 from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
 from .train import make_trainer, model_identity
@@ -82,9 +81,8 @@ def close_matrix(ctx: RunContext) -> torch.Tensor:
 
 def study_key(ctx: RunContext) -> str:
     cfg = ctx.cfg
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in DATA_KEYS_IGNORED}
-    attack = {k: v for k, v in OmegaConf.to_container(cfg.attack, resolve=True).items()
-              if k not in ("n_boot", "grid_samples", "figure_eps", "wandb_table_rows", "shard_size")}
+    data = config_without(cfg.data, DATA_KEYS_IGNORED)
+    attack = config_without(cfg.attack, ("n_boot", "grid_samples", "figure_eps", "wandb_table_rows", "shard_size"))
     payload = {"models": {n: model_identity(ctx, n) for n in cfg.model}, "data": data, "attack": attack,
                "target": ctx.target_model, "seed": int(cfg.seed), "version": STAGE_VERSION}
     return ctx.store.key("attack", payload)

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from ..context import RunContext
 from ..prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior, fit_class_prior
 from ..prior.features import extract_features
+from ..store import config_without
 from ..utils.io import load_torch, save_torch
 from .train import model_identity
 
@@ -30,8 +31,8 @@ def support_per_class(ctx: RunContext) -> int | None:
 
 def features_key(ctx: RunContext) -> str:
     cfg = ctx.cfg
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
-            if k not in ("num_workers", "batch_size", "eval_batch_size", "eval_subset", "val_subset", "pin_memory")}
+    data = config_without(cfg.data, ("num_workers", "batch_size", "eval_batch_size", "eval_subset", "val_subset",
+                                     "pin_memory"))
     return ctx.store.key("features", {"model": model_identity(ctx, ctx.target_model), "data": data,
                                       "per_class": support_per_class(ctx), "layer": cfg.prior.feature_layer,
                                       "version": STAGE_VERSION})

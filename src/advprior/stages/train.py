@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..context import RunContext
 from ..models.classifier import Classifier
 from ..models.lit_classifier import ClassifierModule
-from ..store import link_into
+from ..store import config_without, link_into
 from ..utils.io import load_torch, save_torch
 from ..utils.seeding import seed_everything
 
@@ -46,9 +46,8 @@ TRAINER_KEYS_IGNORED = {"enable_progress_bar", "log_every_n_steps", "num_sanity_
 def model_key_payload(name: str, mcfg: DictConfig, cfg: DictConfig) -> dict:
     """Everything the trained weights depend on: model, data, trainer settings (epochs, batch limits,
     precision, devices...) and the seed."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in DATA_KEYS_IGNORED}
-    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-               if k not in TRAINER_KEYS_IGNORED}
+    data = config_without(cfg.data, DATA_KEYS_IGNORED)
+    trainer = config_without(cfg.trainer, TRAINER_KEYS_IGNORED)
     return {"model": OmegaConf.to_container(mcfg, resolve=True), "data": data, "trainer": trainer,
             "seed": int(cfg.seed), "version": STAGE_VERSION}
 
