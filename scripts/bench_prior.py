@@ -228,22 +228,24 @@ def main() -> None:
     prior = ClassPrior(pca, ae, kde).freeze().to(dev)  # frozen: PCA folded into the first encoder layer
     batches = [int(b) for b in args.image_batch.split(",")]
     prior_rows = []
-    for Bi in batches:
-        fc6 = torch.randn(Bi, D, generator=g).relu_().to(dev)
 
-        def prior_fwd() -> None:
+    def time_fwd_and_grad(module: torch.nn.Module, x: torch.Tensor) -> tuple[float, int, float, int]:
+        """Best-over-threads seconds (and threads) of a no-grad forward and of a forward+backward to x."""
+        def fwd() -> None:
             with torch.no_grad():
-                prior(fc6)
+                module(x)
             sync(dev)
 
-        fc6_g = fc6.clone().requires_grad_(True)
+        xg = x.clone().requires_grad_(True)
 
-        def prior_grad() -> None:
-            prior(fc6_g).logsumexp(1).sum().backward()
+        def grad() -> None:
+            module(xg).logsumexp(1).sum().backward()
             sync(dev)
 
-        t_p, th_p = best_over_threads(prior_fwd, R, ths, warmup=1)
-        t_pg, th_pg = best_over_threads(prior_grad, R, ths, warmup=1)
+        return (*best_over_threads(fwd, R, ths, warmup=1), *best_over_threads(grad, R, ths, warmup=1))
+
+    for Bi in batches:
+        t_p, th_p, t_pg, th_pg = time_fwd_and_grad(prior, torch.randn(Bi, D, generator=g).relu_().to(dev))
         prior_rows.append((Bi, t_p / Bi, th_p, t_pg / Bi, th_pg))
     Bv = batches[0]
     if not args.skip_vgg:
@@ -252,21 +254,7 @@ def main() -> None:
         vgg = torchvision.models.vgg19(weights=None).eval().to(dev)
         for p in vgg.parameters():
             p.requires_grad_(False)
-        x = torch.rand(Bv, 3, 224, 224, generator=g).to(dev)
-
-        def vgg_fwd() -> None:
-            with torch.no_grad():
-                vgg(x)
-            sync(dev)
-
-        xg = x.clone().requires_grad_(True)
-
-        def vgg_grad() -> None:
-            vgg(xg).logsumexp(1).sum().backward()
-            sync(dev)
-
-        t_vgg, th_v = best_over_threads(vgg_fwd, R, ths, warmup=1)
-        t_vgg_g, th_vg = best_over_threads(vgg_grad, R, ths, warmup=1)
+        t_vgg, th_v, t_vgg_g, th_vg = time_fwd_and_grad(vgg, torch.rand(Bv, 3, 224, 224, generator=g).to(dev))
         t_vgg, t_vgg_g = t_vgg / Bv, t_vgg_g / Bv
     else:
         t_vgg = t_vgg_g = float("nan")

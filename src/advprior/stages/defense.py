@@ -74,13 +74,15 @@ def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
                 with torch.no_grad():
                     row["adaptive_fgsm_post_pred"] = defended(a_fgsm).argmax(1).numpy()
             if dcfg.adaptive.pgd.steps:
-                steps = int(dcfg.adaptive.pgd.steps)
-                alpha = max(eps * float(dcfg.adaptive.pgd.alpha_factor), 1e-12)
-                gen = torch.Generator().manual_seed(int(cfg.seed) + int(idx[0]))
-                a_pgd = PGD(defended, eps, alpha, steps, random_start=bool(dcfg.adaptive.pgd.random_start),
-                            generator=gen)(x, target) if eps > 0 else x
-                b_pgd = PGD(base, eps, alpha, steps, random_start=bool(dcfg.adaptive.pgd.random_start),
-                            generator=torch.Generator().manual_seed(int(cfg.seed) + int(idx[0])))(x, target) if eps > 0 else x
+                def pgd(model):
+                    """PGD with this batch's seeded random start: the same start for both models."""
+                    if eps == 0:
+                        return x
+                    gen = torch.Generator().manual_seed(int(cfg.seed) + int(idx[0]))
+                    return PGD(model, eps, max(eps * float(dcfg.adaptive.pgd.alpha_factor), 1e-12),
+                               int(dcfg.adaptive.pgd.steps), random_start=bool(dcfg.adaptive.pgd.random_start),
+                               generator=gen)(x, target)
+                a_pgd, b_pgd = pgd(defended), pgd(base)
                 with torch.no_grad():
                     row["adaptive_pgd_post_pred"] = defended(a_pgd).argmax(1).numpy()
                     row["pgd_base_pred"] = base(b_pgd).argmax(1).numpy()
