@@ -38,55 +38,74 @@ def _pred_prob(log_probs: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     return log_probs.gather(1, cls[:, None]).squeeze(1).exp()
 
 
+def defense_batch(
+    base: torch.nn.Module,
+    defended: BayesianPriorClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    eps_list: list[float],
+    dcfg,
+    target: torch.Tensor | None,
+    seed: int,
+) -> pd.DataFrame:
+    """One row per (eps, image) of one batch: base and posterior predictions clean, under FGSM crafted on
+    the base model, and under the adaptive attacks crafted through the posterior (``target``: the labels
+    attacked, None for the model's own predictions)."""
+    with torch.no_grad():
+        comp = defended.components(x)
+    clean_pred = comp["log_likelihood"].argmax(1)
+    post_clean = comp["log_posterior"].argmax(1)
+    clean_score = comp["log_prior"].gather(1, clean_pred[:, None]).squeeze(1)
+    sweep = FGSMSweep(base, eps_list).sweep(x, target)
+    rows = []
+    for k, eps in enumerate(eps_list):
+        adv = sweep.adv_images(k)
+        with torch.no_grad():
+            ca = defended.components(adv)
+        adv_pred = ca["log_likelihood"].argmax(1)
+        post_adv = ca["log_posterior"].argmax(1)
+        row = {
+            "eps": np.full(len(y), eps), "index": idx.cpu().numpy(), "label": y.cpu().numpy(),
+            "base_clean_pred": clean_pred.cpu().numpy(), "post_clean_pred": post_clean.cpu().numpy(),
+            "base_adv_pred": adv_pred.cpu().numpy(),
+            "base_adv_prob": _pred_prob(ca["log_likelihood"], adv_pred).cpu().numpy(),
+            "post_adv_pred": post_adv.cpu().numpy(),
+            "post_prob_of_adv_label": _pred_prob(ca["log_posterior"], adv_pred).cpu().numpy(),
+            "clean_score": clean_score.cpu().numpy(),
+            "adv_score": ca["log_prior"].gather(1, adv_pred[:, None]).squeeze(1).cpu().numpy(),
+        }
+        if dcfg.adaptive.fgsm:
+            a_fgsm = FGSM(defended, eps)(x, target)
+            with torch.no_grad():
+                row["adaptive_fgsm_post_pred"] = defended(a_fgsm).argmax(1).cpu().numpy()
+        if dcfg.adaptive.pgd.steps:
+            def pgd(model):
+                """PGD with this batch's seeded random start: the same start for both models."""
+                if eps == 0:
+                    return x
+                gen = torch.Generator().manual_seed(int(seed) + int(idx[0]))
+                return PGD(model, eps, max(eps * float(dcfg.adaptive.pgd.alpha_factor), 1e-12),
+                           int(dcfg.adaptive.pgd.steps), random_start=bool(dcfg.adaptive.pgd.random_start),
+                           generator=gen)(x, target)
+            a_pgd, b_pgd = pgd(defended), pgd(base)
+            with torch.no_grad():
+                row["adaptive_pgd_post_pred"] = defended(a_pgd).argmax(1).cpu().numpy()
+                row["pgd_base_pred"] = base(b_pgd).argmax(1).cpu().numpy()
+        rows.append(pd.DataFrame(row))
+    return pd.concat(rows, ignore_index=True)
+
+
 def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
-    """One row per (eps, image): base and posterior predictions clean, under FGSM and adaptive attacks."""
-    cfg, dcfg = ctx.cfg, ctx.cfg.defense
+    """One row per (eps, image) over the evaluation images (``defense_batch`` per batch)."""
+    cfg = ctx.cfg
     base, defended = ctx.models[ctx.target_model], defended_model(ctx)
     eps_list = epsilons(cfg)
     loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=int(cfg.data.get("eval_batch_size") or 64))
     rows = []
     for x, y, idx in loader:
-        with torch.no_grad():
-            comp = defended.components(x)
-        clean_pred = comp["log_likelihood"].argmax(1)
-        post_clean = comp["log_posterior"].argmax(1)
-        clean_score = comp["log_prior"].gather(1, clean_pred[:, None]).squeeze(1)
         target = y if use_true_labels(cfg) else None  # the same labels as the attack study
-        sweep = FGSMSweep(base, eps_list).sweep(x, target)
-        for k, eps in enumerate(eps_list):
-            adv = sweep.adv_images(k)
-            with torch.no_grad():
-                ca = defended.components(adv)
-            adv_pred = ca["log_likelihood"].argmax(1)
-            post_adv = ca["log_posterior"].argmax(1)
-            row = {
-                "eps": np.full(len(y), eps), "index": idx.numpy(), "label": y.numpy(),
-                "base_clean_pred": clean_pred.numpy(), "post_clean_pred": post_clean.numpy(),
-                "base_adv_pred": adv_pred.numpy(),
-                "base_adv_prob": _pred_prob(ca["log_likelihood"], adv_pred).numpy(),
-                "post_adv_pred": post_adv.numpy(),
-                "post_prob_of_adv_label": _pred_prob(ca["log_posterior"], adv_pred).numpy(),
-                "clean_score": clean_score.numpy(),
-                "adv_score": ca["log_prior"].gather(1, adv_pred[:, None]).squeeze(1).numpy(),
-            }
-            if dcfg.adaptive.fgsm:
-                a_fgsm = FGSM(defended, eps)(x, target)
-                with torch.no_grad():
-                    row["adaptive_fgsm_post_pred"] = defended(a_fgsm).argmax(1).numpy()
-            if dcfg.adaptive.pgd.steps:
-                def pgd(model):
-                    """PGD with this batch's seeded random start: the same start for both models."""
-                    if eps == 0:
-                        return x
-                    gen = torch.Generator().manual_seed(int(cfg.seed) + int(idx[0]))
-                    return PGD(model, eps, max(eps * float(dcfg.adaptive.pgd.alpha_factor), 1e-12),
-                               int(dcfg.adaptive.pgd.steps), random_start=bool(dcfg.adaptive.pgd.random_start),
-                               generator=gen)(x, target)
-                a_pgd, b_pgd = pgd(defended), pgd(base)
-                with torch.no_grad():
-                    row["adaptive_pgd_post_pred"] = defended(a_pgd).argmax(1).numpy()
-                    row["pgd_base_pred"] = base(b_pgd).argmax(1).numpy()
-            rows.append(pd.DataFrame(row))
+        rows.append(defense_batch(base, defended, x, y, idx, eps_list, cfg.defense, target, int(cfg.seed)))
     return pd.concat(rows, ignore_index=True)
 
 
