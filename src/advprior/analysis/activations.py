@@ -240,6 +240,7 @@ def mean_interval(values: np.ndarray, n_boot: int, seed: int, alpha: float = 0.0
     """(mean, low, high): the mean of ``values`` with a (1 - alpha) BCa bootstrap interval
     (``scipy.stats.bootstrap``, ``n_boot`` resamples, seeded). Fewer than 2 values: NaN bounds; constant
     values: ``low == high == mean``; a degenerate BCa (NaN bounds): the percentile interval instead."""
+    # TODO(intervals): use advprior.analysis.intervals' BCa helper once it lands (same scipy call).
     from scipy.stats import bootstrap
 
     v = np.asarray(values, dtype=np.float64)

@@ -15,7 +15,8 @@ class ActivationsConfig:
         layers: layers of the Figure 7/8 heat maps (conv or pool layers of the target model); ``[]``
             draws no example figures.
         epsilons: the eps values of the layer-wise change, a subset of ``attack.epsilons``; None = all.
-        change_layers: layers of the relative change; None = every named layer of each model.
+        change_layers: layers of the relative change (each model records those it has); None = every named
+            layer of each model.
         figure_eps: the eps of the Figure 7/8 examples (one of the epsilons); None = ``attack.figure_eps``.
         examples_per_category: high-confidence examples drawn per category (0 = none).
     """

@@ -65,22 +65,28 @@ def _match_eps(values, study: list[float], scale: float, key: str) -> list[float
     return out
 
 
+def _settings(cfg) -> tuple[ActivationsConfig, list[float]]:
+    """The checked ``cfg.activations`` and its eps values in pixel units (the study's own floats)."""
+    acfg = ActivationsConfig.from_cfg(cfg.get("activations") or {})
+    study = epsilons(cfg)
+    if acfg.epsilons is None:
+        return acfg, study
+    return acfg, _match_eps(acfg.epsilons, study, float(cfg.attack.scale), "activations.epsilons")
+
+
 def make_plan(ctx: RunContext) -> Plan:
     """Check ``cfg.activations`` against the study and the models (before any work) and resolve it."""
     cfg = ctx.cfg
-    acfg = ActivationsConfig.from_cfg(cfg.get("activations") or {})
+    acfg, eps = _settings(cfg)
     study, scale = epsilons(cfg), float(cfg.attack.scale)
-    eps = study if acfg.epsilons is None else _match_eps(acfg.epsilons, study, scale, "activations.epsilons")
     fig_eps = paper_eps(cfg) if acfg.figure_eps is None else _match_eps(
         [acfg.figure_eps], study, scale, "activations.figure_eps")[0]
-    change = {}
-    for name, model in ctx.models.items():
-        want = model.layer_names if acfg.change_layers is None else acfg.change_layers
-        missing = [n for n in want if n not in model.layer_names]
-        if missing:
-            raise ConfigError(f"activations.change_layers {missing} are not named layers of model {name!r}; "
-                              f"it has {model.layer_names} (null = every named layer)")
-        change[name] = list(want)
+    change = {name: [n for n in (acfg.change_layers or m.layer_names) if n in m.layer_names]
+              for name, m in ctx.models.items()}
+    unknown = [n for n in acfg.change_layers or () if not any(n in v for v in change.values())]
+    if unknown:
+        raise ConfigError(f"activations.change_layers {unknown} are not named layers of any model: "
+                          f"{ {name: m.layer_names for name, m in ctx.models.items()} } (null = every named layer)")
     n_ex = acfg.examples_per_category if acfg.layers else 0
     if n_ex:
         if fig_eps not in eps:
@@ -110,9 +116,7 @@ def check_map_layers(ctx: RunContext, layers: list[str]) -> None:
 def activations_key(ctx: RunContext) -> str:
     """What the per-image layer table depends on: the attack study (models, data, attack settings, seed),
     the eps values, the layers and the code version."""
-    acfg = ActivationsConfig.from_cfg(ctx.cfg.get("activations") or {})
-    eps = epsilons(ctx.cfg) if acfg.epsilons is None else _match_eps(
-        acfg.epsilons, epsilons(ctx.cfg), float(ctx.cfg.attack.scale), "activations.epsilons")
+    acfg, eps = _settings(ctx.cfg)
     return ctx.store.key("activations", {"study": study_key(ctx), "epsilons": eps,
                                          "change_layers": acfg.change_layers, "version": STAGE_VERSION})
 
@@ -171,7 +175,9 @@ def evaluate(ctx: RunContext, plan: Plan, table_dir: Path | None, ex_dir: Path |
         rank_dir = (table_path or ex_path).parent / f"{s:05d}.ranks"
         if rank_dir.exists():
             shutil.rmtree(rank_dir)
-        models = ctx.models if table_path is not None else {ctx.target_model: ctx.models[ctx.target_model]}
+        models = {name: m for name, m in ctx.models.items()
+                  if (table_path is not None and plan.change_layers[name])
+                  or (ex_path is not None and name == ctx.target_model)}
         module = ActivationChangeModule(
             models, plan.epsilons, {m: plan.change_layers[m] for m in models}, rank_dir,
             use_true_labels=use_true_labels(cfg), map_model=ctx.target_model, map_layers=plan.map_layers,
@@ -247,8 +253,9 @@ def summarize(ctx: RunContext, plan: Plan, table: pd.DataFrame, ex: dict, chosen
     metrics = {f"activations/{r.model}/eps={format_eps(r.eps)}/{r.layer}/rel_change": float(r.rel_change_mean)
                for r in summary[summary["category"] == "all"].itertuples()}
     target = ctx.target_model
-    fig = figures.activation_depth(summary, target)
-    log_figure(ctx, "activations/depth", figures.save_figure(fig, fdir / "activations_depth.png"))
+    if ((summary["model"] == target) & (summary["eps"] > 0)).any():
+        fig = figures.activation_depth(summary, target)
+        log_figure(ctx, "activations/depth", figures.save_figure(fig, fdir / "activations_depth.png"))
     rows = example_rows(ex, chosen, plan, target)
     save_csv(rows, adir / "examples.csv")
     names = getattr(ctx.datamodule, "class_names", None)
