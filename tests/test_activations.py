@@ -17,7 +17,7 @@ from advprior.analysis.activations import (
     change_summary,
     filter_difference,
     layer_change_batch,
-    mean_interval,
+    mean_intervals,
     rel_change,
     relative_change,
 )
@@ -179,18 +179,22 @@ def test_batch_examples_use_the_study_fgsm_bit_for_bit(one_torch_thread):
     np.testing.assert_allclose(r["rel_change"].to_numpy(), rel["fc8"].numpy(), rtol=1e-5)
 
 
-def test_mean_interval_bca_and_its_edge_cases():
-    assert np.isnan(mean_interval(np.array([]), 100, 0)[0])
-    m, lo, hi = mean_interval(np.array([0.3]), 100, 0)
-    assert m == 0.3 and np.isnan(lo) and np.isnan(hi)
-    assert mean_interval(np.full(7, 0.25), 100, 0) == (0.25, 0.25, 0.25)
-    v = np.random.default_rng(0).normal(1.0, 0.5, 400)
-    m, lo, hi = mean_interval(v, 2000, 0)
+def test_mean_intervals_bca_and_edge_cases():
+    (m0, lo0, _), (m1, lo1, hi1), const = mean_intervals([np.array([]), np.array([0.3]), np.full(7, 0.25)], 100, 0)
+    assert np.isnan(m0) and np.isnan(lo0)
+    assert m1 == 0.3 and np.isnan(lo1) and np.isnan(hi1)
+    assert const == (0.25, 0.25, 0.25)
+    rng = np.random.default_rng(0)
+    v, w = rng.normal(1.0, 0.5, 400), rng.gamma(2.0, size=400)
+    (m, lo, hi), both_w = mean_intervals([v, w], 2000, 0)
     t_lo, t_hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
     assert m == pytest.approx(v.mean())
     width = t_hi - t_lo
     assert abs(lo - t_lo) < 0.1 * width and abs(hi - t_hi) < 0.1 * width  # symmetric data: BCa ~ t-interval
-    assert mean_interval(v, 2000, 0) == (m, lo, hi)  # seeded
+    # stacking samples shares the resamples but gives each the interval it gets alone (scipy, same seed)
+    alone = stats.bootstrap((w,), np.mean, n_resamples=2000, method="BCa", random_state=np.random.default_rng(0))
+    assert both_w[1:] == pytest.approx((alone.confidence_interval.low, alone.confidence_interval.high), rel=1e-9)
+    assert mean_intervals([v, w], 2000, 0) == [(m, lo, hi), both_w]  # seeded
 
 
 def test_change_summary_groups_and_counts():

@@ -236,29 +236,39 @@ def empty_layer_change() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(LAYER_CHANGE_COLUMNS, dtypes)})
 
 
-def mean_interval(values: np.ndarray, n_boot: int, seed: int, alpha: float = 0.05) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of ``values`` with a (1 - alpha) BCa bootstrap interval
-    (``scipy.stats.bootstrap``, ``n_boot`` resamples, seeded). Fewer than 2 values: NaN bounds; constant
-    values: ``low == high == mean``; a degenerate BCa (NaN bounds): the percentile interval instead."""
-    # TODO(intervals): use advprior.analysis.intervals' BCa helper once it lands (same scipy call).
+def _bootstrap(data: np.ndarray, method: str, n_boot: int, seed: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of the mean of each row of ``data`` (G, n), all rows resampled with the same indices."""
     from scipy.stats import bootstrap
 
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return (np.nan, np.nan, np.nan)
-    mean = float(v.mean())
-    if v.size < 2:
-        return (mean, np.nan, np.nan)
-    if np.all(v == v[0]):
-        return (mean, mean, mean)
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy warns on degenerate BCa; the fallback handles it
-            ci = bootstrap((v,), np.mean, n_resamples=n_boot, confidence_level=1 - alpha, method=method,
-                           vectorized=True, axis=-1, random_state=np.random.default_rng(seed)).confidence_interval
-        if np.isfinite(ci.low) and np.isfinite(ci.high):
-            return (mean, float(ci.low), float(ci.high))
-    return (mean, np.nan, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on a degenerate BCa; the caller falls back
+        ci = bootstrap((data,), np.mean, n_resamples=n_boot, confidence_level=1 - alpha, method=method,
+                       vectorized=True, axis=-1, random_state=np.random.default_rng(seed)).confidence_interval
+    return np.atleast_1d(ci.low), np.atleast_1d(ci.high)
+
+
+def mean_intervals(samples: Sequence[np.ndarray], n_boot: int, seed: int,
+                   alpha: float = 0.05) -> list[tuple[float, float, float]]:
+    """(mean, low, high) of each 1-D sample: its mean with a (1 - alpha) BCa bootstrap interval
+    (``scipy.stats.bootstrap``, ``n_boot`` resamples, seeded). Samples of one length share one call, so the
+    same resamples (as for the layers of one image set). Fewer than 2 values: NaN bounds (no values: NaN
+    mean); constant values: ``low == high == mean``; a degenerate BCa (NaN bounds): the percentile interval."""
+    # TODO(intervals): use advprior.analysis.intervals' BCa helper once it lands (the same scipy call).
+    samples = [np.asarray(v, dtype=np.float64).reshape(-1) for v in samples]
+    out: list[tuple[float, float, float]] = []
+    by_size: dict[int, list[int]] = {}
+    for i, v in enumerate(samples):
+        mean = float(v.mean()) if v.size else np.nan
+        out.append((mean, np.nan, np.nan) if v.size < 2 else (mean, mean, mean))
+        if v.size >= 2 and not np.all(v == v[0]):
+            by_size.setdefault(v.size, []).append(i)
+    for idx in by_size.values():
+        low, high = _bootstrap(np.stack([samples[i] for i in idx]), "BCa", n_boot, seed, alpha)
+        for i, lo, hi in zip(idx, low, high):
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                lo, hi = (b[0] for b in _bootstrap(samples[i][None], "percentile", n_boot, seed, alpha))
+            out[i] = (out[i][0], float(lo), float(hi))
+    return out
 
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -276,8 +286,9 @@ def change_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     """Mean relative change per model, eps, category and layer with a 95% BCa bootstrap interval.
 
     ``table``: layer-change rows with a ``category`` column. Category ``all`` takes every image, then one
-    group per category in ``categories`` that has rows (default: the paper's four and ``unchanged``). ``n`` counts the images with a defined relative
-    change, ``n_undefined`` those without (clean activation zero, adversarial not: NaN, see the module doc).
+    group per category in ``categories`` that has rows (default: the paper's four and ``unchanged``).
+    ``n`` counts the images with a defined relative change, ``n_undefined`` those without (clean activation
+    zero, adversarial not: NaN, see the module doc). Intervals: ``mean_intervals`` (BCa, 95%).
     Sorted by model, eps, category (``all`` first, then ``categories`` order) and depth.
     """
     missing = {"model", "eps", "eps_255", "layer", "depth", "rel_change", "category"} - set(table.columns)
@@ -288,14 +299,16 @@ def change_summary(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
     cat = table["category"].astype(str)
     for group_cat in order:
         sub = table if group_cat == "all" else table[cat == group_cat]
-        for (model, eps, layer), g in sub.groupby(["model", "eps", "layer"], sort=False):
-            v = g["rel_change"].to_numpy(dtype=np.float64)
-            finite = v[~np.isnan(v)]
-            m, lo, hi = mean_interval(finite, n_boot=n_boot, seed=seed)
-            records.append({"model": model, "eps": float(eps), "eps_255": float(g["eps_255"].iloc[0]),
-                            "category": group_cat, "layer": layer, "depth": int(g["depth"].iloc[0]),
-                            "n": int(finite.size), "n_undefined": int(v.size - finite.size),
-                            "rel_change_mean": m, "rel_change_low": lo, "rel_change_high": hi})
+        for (model, eps), g in sub.groupby(["model", "eps"], sort=False):
+            layers = list(g.groupby("layer", sort=False))
+            values = [lg["rel_change"].to_numpy(dtype=np.float64) for _, lg in layers]
+            finite = [v[~np.isnan(v)] for v in values]
+            for (layer, lg), v, f, (m, lo, hi) in zip(layers, values, finite,
+                                                      mean_intervals(finite, n_boot=n_boot, seed=seed)):
+                records.append({"model": model, "eps": float(eps), "eps_255": float(lg["eps_255"].iloc[0]),
+                                "category": group_cat, "layer": layer, "depth": int(lg["depth"].iloc[0]),
+                                "n": int(f.size), "n_undefined": int(v.size - f.size),
+                                "rel_change_mean": m, "rel_change_low": lo, "rel_change_high": hi})
     out = pd.DataFrame.from_records(records, columns=list(SUMMARY_COLUMNS))
     out["_cat"] = out["category"].map({c: i for i, c in enumerate(order)})
     out = out.sort_values(["model", "eps", "_cat", "depth"], kind="stable").drop(columns="_cat")
