@@ -197,7 +197,8 @@ def layer_change_batch(
     every = _check_layers(model, list(dict.fromkeys([*layers, *map_layers])))
     depth = {name: i + 1 for i, name in enumerate(model.layer_names)}
     advs = FGSMSweep(model, list(epsilons))(images, target)  # (K, B, C, H, W)
-    clean_logits, feats = model.forward_with_features(images, every)
+    with torch.no_grad():
+        clean_logits, feats = model.forward_with_features(images, every)
     norm_clean = {name: _flat_norm(feats[name]) for name in layers}
     idx = index.detach().cpu().long()
     wanted_set = set(int(i) for i in example_indices)

@@ -192,9 +192,9 @@ def evaluate(ctx: RunContext, plan: Plan, table_dir: Path | None, ex_dir: Path |
         log.info("activations: shard %d (%d images) done", s, stop - start)
 
 
-def finish_table(table_dir: Path, outcomes: pd.DataFrame) -> pd.DataFrame:
+def finish_table(table_dir: Path, outcomes: pd.DataFrame) -> None:
     """Join the shards with the study's categories, check the recomputed adversarial predictions against
-    the study's, write ``layer_change.parquet``; returns the table."""
+    the study's, write ``layer_change.parquet`` and drop the shards."""
     parts = sorted((table_dir / "shards").glob("*.parquet"))
     rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     study = outcomes[["model", "eps", "index", "adv_top1", "adv_top1_prob", *STUDY_COLUMNS]].rename(
@@ -209,10 +209,10 @@ def finish_table(table_dir: Path, outcomes: pd.DataFrame) -> pd.DataFrame:
     table = table.drop(columns=["study_adv_top1", "study_adv_top1_prob"])
     save_parquet(table, table_dir / "layer_change.parquet")
     shutil.rmtree(table_dir / "shards")
-    return table
 
 
 def finish_examples(ex_dir: Path) -> None:
+    """Concatenate the examples' shards into ``examples.pt`` (an empty dict when there are none)."""
     parts = [load_torch(p) for p in sorted((ex_dir / "shards").glob("*.pt"))]
     save_torch(concat_examples(parts), ex_dir / "examples.pt")
     if (ex_dir / "shards").exists():
