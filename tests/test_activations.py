@@ -92,6 +92,8 @@ def test_the_filter_that_sees_the_perturbation_is_picked():
     assert 2 <= r < 4 and 4 <= c < 6  # the hottest pixel lies in the perturbed patch
     with pytest.raises(ValueError, match="conv or pool"):
         activation_differences(model, x, adv, ["fc8"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        filter_difference(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5), (8, 8))
     with pytest.raises(ValueError, match="not named layers"):
         activation_differences(model, x, adv, ["conv9_9"])
 
