@@ -12,6 +12,8 @@ from advprior.fooling.config import CPPNConfig
 from advprior.fooling.cppn import ACTIVATIONS, N_INPUTS, Genome, check_genome, from_json, mutate, random_genome, to_json
 from advprior.fooling.render import cppn_inputs, render_cppns
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small ops: 2 threads only add overhead
+
 X, Y, D, BIAS = range(N_INPUTS)
 OUT = N_INPUTS  # the first output node
 

@@ -158,7 +158,8 @@ class _Draft:
         return sorted(n for n in self.nodes if n >= first)
 
     def freeze(self) -> Genome:
-        return Genome(self.n_outputs, self.nodes, self.edges, self.next_id)
+        # sorted dicts: a genome read back from JSON iterates (and so mutates) exactly like the original
+        return Genome(self.n_outputs, dict(sorted(self.nodes.items())), dict(sorted(self.edges.items())), self.next_id)
 
 
 def _add_node(g: _Draft, rng: np.random.Generator, acts: list[str]) -> None:
