@@ -48,4 +48,6 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"model.{name}.hidden must be >= 0, got {v}")
     if cfg.get("fooling") is not None:  # the fooling stage runs late: check its settings now
         from .fooling.config import FoolingConfig
-        FoolingConfig.from_node(cfg.fooling).check_models(cfg.model)
+        fooling = FoolingConfig.from_node(cfg.fooling)
+        if cfg.get("stages") is None or "fooling" in cfg.stages:
+            fooling.check_models(cfg.model)
