@@ -85,3 +85,16 @@ def test_interval_helpers_edge_cases():
     vals = np.random.default_rng(0).uniform(size=40)
     a, b = mean_interval(vals, 1000, seed=1), mean_interval(vals, 1000, seed=1)
     assert a == b and a[1] < vals.mean() < a[2] and a[0] == pytest.approx(vals.mean())
+
+
+def test_fooling_grid_draws_captions_above_and_below():
+    from advprior.report.figures import fooling_grid
+    imgs = [torch.rand(1, 6, 6), torch.rand(3, 6, 6), torch.rand(3, 6, 6)]
+    fig = fooling_grid(imgs, ["a: 1 (0.99)", "a: 2 (0.50)", "a: 3 (0.70)"], ["b: 1 (0.20)", "b: 4 (0.90)", "b: 3 (0.10)"],
+                       per_row=2, title="t")
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) == 3 and [ax.get_title() for ax in axes] == ["a: 1 (0.99)", "a: 2 (0.50)", "a: 3 (0.70)"]
+    assert [ax.texts[0].get_text() for ax in axes] == ["b: 1 (0.20)", "b: 4 (0.90)", "b: 3 (0.10)"]
+    assert fooling_grid([], [], []).texts  # an empty grid says so
+    with pytest.raises(ValueError, match="same length"):
+        fooling_grid(imgs, ["x"], ["y"])

@@ -79,18 +79,6 @@ def topological_order(g: Genome) -> list[int]:
     return order
 
 
-def node_levels(g: Genome) -> dict[int, int]:
-    """Longest-path depth of every node from the inputs (inputs: 0). Raises on a cycle."""
-    level = {n: 0 for n in range(N_INPUTS)}
-    preds: dict[int, list[int]] = {}
-    for s, d in g.edges:
-        preds.setdefault(d, []).append(s)
-    for n in topological_order(g):
-        if n >= N_INPUTS:
-            level[n] = 1 + max((level[p] for p in preds.get(n, ())), default=0)
-    return level
-
-
 def check_genome(g: Genome, activations: tuple[str, ...] | list[str] | None = None) -> None:
     """Raise ``ValueError`` naming the first way ``g`` is not a valid CPPN (see the module docstring)."""
     if g.n_outputs < 1:

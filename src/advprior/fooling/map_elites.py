@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..attacks.base import eval_mode
 from ..utils.io import load_torch, save_torch
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,6 @@ def generation_step(archive: EliteArchive, encoding, score: Callable[[torch.Tens
 def class_probabilities(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """``score`` for ``map_elites``: softmax of ``model``'s logits (eval mode, no autograd)."""
     def score(images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_mode(model):
             return torch.softmax(model(images), dim=1)
     return score

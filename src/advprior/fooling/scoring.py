@@ -16,6 +16,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from ..attacks.base import eval_mode
+
 SCORE_COLUMNS = ("source", "encoding", "bin_class", "scored_by", "top1", "top1_prob", "bin_class_prob")
 
 
@@ -48,10 +50,10 @@ def mean_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 
 
 def model_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Softmax probabilities ``(N, classes)`` (CPU, float32) of ``images`` ``(N, C, H, W)`` in [0, 1],
-    computed on the model's device in batches."""
+    computed on the model's device in batches, in eval mode."""
     device = next(model.parameters()).device
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), eval_mode(model):
         for lo in range(0, len(images), batch_size):
             out.append(torch.softmax(model(images[lo:lo + batch_size].to(device)), dim=1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)

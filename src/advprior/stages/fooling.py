@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..attacks.base import eval_mode
 from ..context import RunContext
 from ..fooling.config import ENCODINGS, FoolingConfig
 from ..fooling.encodings import build_encoding
@@ -80,11 +79,10 @@ def evolve(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str) -> 
     sel, enc_seed = search_seeds(int(ctx.cfg.seed), source, encoding)
     encoding_obj = build_encoding(encoding, fcfg, tuple(ctx.datamodule.input_shape), device, enc_seed)
     t0 = time.perf_counter()
-    with eval_mode(model):
-        archive = map_elites(class_probabilities(model), encoding_obj, int(ctx.datamodule.num_classes),
-                             fcfg.population, fcfg.generations, fcfg.batch_size, np.random.default_rng(sel),
-                             checkpoint=out / "checkpoint.pt", checkpoint_every=fcfg.checkpoint_every,
-                             label=f"fooling {source}/{encoding}")
+    archive = map_elites(class_probabilities(model), encoding_obj, int(ctx.datamodule.num_classes),
+                         fcfg.population, fcfg.generations, fcfg.batch_size, np.random.default_rng(sel),
+                         checkpoint=out / "checkpoint.pt", checkpoint_every=fcfg.checkpoint_every,
+                         label=f"fooling {source}/{encoding}")
     seconds = time.perf_counter() - t0
     save_elites(out, archive, encoding_obj)
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -124,7 +122,8 @@ def _label(names, cls: int, width: int = 16) -> str:
 def grid_figure(ctx: RunContext, fcfg: FoolingConfig, scores: pd.DataFrame, images: torch.Tensor, bins: list[int],
                 source: str, target: str, encoding: str) -> Path:
     """Figure 1 for one pair: the ``grid_samples`` elites the source is most confident of (bin-class
-    probability), the source's prediction above each image and the target's below."""
+    probability), the source's prediction above each image (and the bin's class where the source predicts
+    another) and the target's prediction below."""
     from ..report.figures import fooling_grid, save_figure
 
     names = getattr(ctx.datamodule, "class_names", None)
@@ -135,7 +134,9 @@ def grid_figure(ctx: RunContext, fcfg: FoolingConfig, scores: pd.DataFrame, imag
     pos = {k: i for i, k in enumerate(bins)}
     fig = fooling_grid(
         [images[pos[k]] for k in chosen],
-        [f"{source}: {_label(names, src.at[k, 'top1'])} ({src.at[k, 'top1_prob']:.2f})" for k in chosen],
+        [f"{source}: {_label(names, src.at[k, 'top1'])} ({src.at[k, 'top1_prob']:.2f})"
+         + ("" if src.at[k, "top1"] == k else f"\n[bin {_label(names, k)}: {src.at[k, 'bin_class_prob']:.2f}]")
+         for k in chosen],
         [f"{target}: {_label(names, tgt.at[k, 'top1'])} ({tgt.at[k, 'top1_prob']:.2f})" for k in chosen],
         title=f"{encoding} fooling images evolved on {source} (above), scored by {target} (below)")
     return save_figure(fig, ctx.run_dir / "figures" / f"fooling_{source}_to_{target}_{encoding}.png")
@@ -156,9 +157,8 @@ def run(ctx: RunContext) -> dict[str, float]:
             out = ctx.store.path("fooling", fooling_key(ctx, source, enc))
             saved = load_torch(out / "elites.pt")
             elites[(source, enc)] = (saved["images"], saved["bins"].tolist())
-            with eval_mode(ctx.models[source]):
-                scores.append(score_elites(source, enc, saved["images"], saved["bins"].tolist(), scorers,
-                                           fcfg.batch_size))
+            scores.append(score_elites(source, enc, saved["images"], saved["bins"].tolist(), scorers,
+                                       fcfg.batch_size))
             progress.append(pd.read_csv(out / "progress.csv").assign(source=source, encoding=enc))
             for name in ("elites.pt", "genomes.json"):
                 link_into(out / name, fdir / "elites" / f"{source}_{enc}_{name}")
