@@ -84,7 +84,8 @@ def test_fooling_key_changes_with_what_the_elites_depend_on(make_cfg):
     base = key([])
     for relevant in (["fooling.population=8"], ["fooling.generations=7"], ["fooling.batch_size=4"], ["seed=1"],
                      ["fooling.cppn.weight_rate=0.2"], ["fooling.cppn.activations=[sine,gaussian]"],
-                     ["model.vgg_small.dropout=0.1"], ["trainer.max_epochs=2"], ["data.image_size=64"]):
+                     ["model.vgg_small.dropout=0.1"], ["trainer.max_epochs=2"], ["data.image_size=64"],
+                     ["fooling.device=cpu"]):
         assert key(relevant) != base, relevant
     assert key([], source="shallow") != base and key([], encoding="direct") != base
     for irrelevant in (["fooling.targets=[shallow]"], ["fooling.thresholds=[0.9]"], ["fooling.grid_samples=3"],
@@ -131,6 +132,7 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_elites(make_cfg, monk
     ("fooling.cppn.activations=[sine,relu]", "fooling.cppn.activations"),
     ("fooling.direct.mutation_rate=0", "fooling.direct.mutation_rate"),
     ("+fooling.bogus=1", "bogus"),
+    ("fooling.device=gpu0", "fooling.device"),
 ])
 def test_bad_fooling_settings_fail_before_any_work(make_cfg, override, message):
     from advprior.validation import validate_config

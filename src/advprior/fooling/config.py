@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..validation import ConfigError
 from .cppn import ACTIVATIONS
 
@@ -95,6 +97,7 @@ class FoolingConfig:
     thresholds: list[float] = field(default_factory=lambda: [0.5, 0.99])  # summary: share of bins above each
     n_resamples: int = 2000            # BCa bootstrap resamples for the confidence means
     grid_samples: int = 10             # elites per figure (the highest source confidences)
+    device: str | None = None          # null: where each model is; auto: cuda if available; or cpu, cuda:1...
     cppn: CPPNConfig = field(default_factory=CPPNConfig)
     direct: DirectConfig = field(default_factory=DirectConfig)
 
@@ -117,6 +120,12 @@ class FoolingConfig:
         for key in ("population", "generations", "batch_size", "checkpoint_every", "n_resamples", "grid_samples"):
             v = getattr(self, key)
             _check(_is_int(v) and v > 0, key, v, "a positive int")
+        if self.device is not None:
+            try:
+                torch.device(self.device if self.device != "auto" else "cpu")
+            except (RuntimeError, TypeError) as e:
+                raise ConfigError(f"fooling.device must be null, auto or a torch device such as cpu or cuda:0, "
+                                  f"got {self.device!r}") from e
         th = list(self.thresholds)
         _check(all(_is_num(t) and 0 <= t < 1 for t in th), "thresholds", th, "a list of numbers in [0, 1)")
         self.thresholds = [float(t) for t in th]
@@ -130,6 +139,14 @@ class FoolingConfig:
             return cls(**data)
         except TypeError as e:  # an unknown key: dataclass __init__ names it
             raise ConfigError(f"fooling: {e}; the keys are those of conf/fooling/default.yaml") from e
+
+    def resolve_device(self, model: torch.nn.Module) -> torch.device:
+        """Where to search and score: ``device``, with null meaning the model's own device."""
+        if self.device is None:
+            return next(model.parameters()).device
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
     def check_models(self, models: Iterable[str]) -> None:
         """Every named source and target is a configured model."""

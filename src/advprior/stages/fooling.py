@@ -16,7 +16,8 @@ import dataclasses
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,8 @@ def fooling_key(ctx: RunContext, source: str, encoding: str) -> str:
         "source": source, "model": model_identity(ctx, source), "input_shape": list(dm.input_shape),
         "num_classes": int(dm.num_classes), "encoding": encoding,
         "settings": dataclasses.asdict(getattr(fcfg, encoding)),
-        "search": {"population": fcfg.population, "generations": fcfg.generations, "batch_size": fcfg.batch_size},
+        "search": {"population": fcfg.population, "generations": fcfg.generations, "batch_size": fcfg.batch_size,
+                   "device": fcfg.device},
         "seed": int(ctx.cfg.seed), "version": STAGE_VERSION,
     })
 
@@ -75,14 +77,15 @@ def evolve(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str) -> 
         log.info("fooling: reusing the %s elites of %s (%s)", encoding, source, out)
         return out
     model = ctx.models[source]
-    device = next(model.parameters()).device
+    device = fcfg.resolve_device(model)
     sel, enc_seed = search_seeds(int(ctx.cfg.seed), source, encoding)
     encoding_obj = build_encoding(encoding, fcfg, tuple(ctx.datamodule.input_shape), device, enc_seed)
     t0 = time.perf_counter()
-    archive = map_elites(class_probabilities(model), encoding_obj, int(ctx.datamodule.num_classes),
-                         fcfg.population, fcfg.generations, fcfg.batch_size, np.random.default_rng(sel),
-                         checkpoint=out / "checkpoint.pt", checkpoint_every=fcfg.checkpoint_every,
-                         label=f"fooling {source}/{encoding}")
+    with moved_to([model], device):
+        archive = map_elites(class_probabilities(model), encoding_obj, int(ctx.datamodule.num_classes),
+                             fcfg.population, fcfg.generations, fcfg.batch_size, np.random.default_rng(sel),
+                             checkpoint=out / "checkpoint.pt", checkpoint_every=fcfg.checkpoint_every,
+                             label=f"fooling {source}/{encoding}")
     seconds = time.perf_counter() - t0
     save_elites(out, archive, encoding_obj)
     (out / "checkpoint.pt").unlink(missing_ok=True)
@@ -101,6 +104,19 @@ def save_elites(out: Path, archive: EliteArchive, encoding) -> None:
                            "top1": archive.top1.numpy()[bins], "top1_prob": archive.top1_prob.numpy()[bins]}),
              out / "elites.csv")
     save_csv(pd.DataFrame(archive.history), out / "progress.csv")
+
+
+@contextmanager
+def moved_to(models: list[torch.nn.Module], device: torch.device) -> Iterator[None]:
+    """Move ``models`` to ``device`` for the block, then back to where each one was."""
+    homes = [next(m.parameters()).device for m in models]
+    for m in models:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in zip(models, homes):
+            m.to(home)
 
 
 def on_rank_zero(fn: Callable[[], object]) -> None:
@@ -157,8 +173,9 @@ def run(ctx: RunContext) -> dict[str, float]:
             out = ctx.store.path("fooling", fooling_key(ctx, source, enc))
             saved = load_torch(out / "elites.pt")
             elites[(source, enc)] = (saved["images"], saved["bins"].tolist())
-            scores.append(score_elites(source, enc, saved["images"], saved["bins"].tolist(), scorers,
-                                       fcfg.batch_size))
+            with moved_to(list(scorers.values()), fcfg.resolve_device(ctx.models[source])):
+                scores.append(score_elites(source, enc, saved["images"], saved["bins"].tolist(), scorers,
+                                           fcfg.batch_size))
             progress.append(pd.read_csv(out / "progress.csv").assign(source=source, encoding=enc))
             for name in ("elites.pt", "genomes.json"):
                 link_into(out / name, fdir / "elites" / f"{source}_{enc}_{name}")
