@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "attack": "advprior.stages.attack_study",
     "prior": "advprior.stages.prior_fit",
     "defense": "advprior.stages.defense",
+    "fooling": "advprior.stages.fooling",
     "activations": "advprior.stages.activations",
 }
 

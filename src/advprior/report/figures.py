@@ -304,4 +304,39 @@ def activation_depth(summary: pd.DataFrame, model: str) -> Figure:
         row[0].set_ylabel("||a_adv - a|| / ||a||")
     axes[0].legend(title="eps", fontsize=7)
     fig.suptitle(f"{model}: relative change of the activations by depth (95% intervals)")
+# --- fooling images (paper section 4.2) ---
+
+def fooling_grid(
+    images: Sequence[Any],
+    above: Sequence[str],
+    below: Sequence[str],
+    per_row: int = 5,
+    title: str | None = None,
+) -> Figure:
+    """The paper's Figure 1: fooling images in a grid, each with a caption above (the source model's
+    prediction and confidence) and below (the target model's). ``images``: (C, H, W) in [0, 1]
+    (1 channel: gray)."""
+    if not (len(images) == len(above) == len(below)):
+        raise ValueError(f"images, above and below must have the same length, got {len(images)}, {len(above)}, {len(below)}")
+    if not isinstance(per_row, int) or per_row < 1:
+        raise ValueError(f"per_row must be a positive int, got {per_row!r}")
+    n = len(images)
+    if n == 0:
+        fig = _new_figure((6, 2))
+        fig.text(0.5, 0.5, "no fooling images", ha="center", va="center")
+        return fig
+    cols = min(n, per_row)
+    rows = -(-n // cols)
+    fig = _new_figure((2.3 * cols, 2.9 * rows + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, top, bottom) in enumerate(zip(images, above, below)):
+        ax = axes[i // cols, i % cols]
+        arr, cmap = _to_hwc(img)
+        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(top, fontsize=8)
+        ax.text(0.5, -0.04, bottom, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
