@@ -14,7 +14,8 @@ across training seeds.
   SAME images; the images are resampled jointly (``paired=True``), so the interval reflects that both
   models saw the same images, not two independent samples.
 - **Student's t** (``t_interval``): the mean of per-seed values +- t(1 - alpha/2, k - 1) * sd / sqrt(k),
-  the across-training-seed interval of the ``claims`` experiment.
+  intersected with the range of the quantity (a rate stays in [0, 1]): the across-training-seed interval
+  of the ``claims`` experiment.
 
 Degenerate cases are explicit, never a silent NaN from a library warning: no data gives NaN everywhere
 (method ``"none"``); one value gives the estimate with NaN bounds (no interval from one observation,
@@ -203,10 +204,12 @@ def paired_difference(
     return _bca(ca + cb, diff, n_resamples, alpha, seed, "paired-bca")
 
 
-def t_interval(values: Any, alpha: float = 0.05) -> Interval:
+def t_interval(values: Any, alpha: float = 0.05, bounds: tuple[float, float] | None = None) -> Interval:
     """Mean of ``values`` ((k,) per-seed numbers; NaN entries dropped) with a Student-t (1 - alpha) interval.
 
-    Fewer than two finite values: NaN bounds (method ``"none"``); all equal: the point interval.
+    ``bounds``: the range the quantity can take (e.g. (0, 1) for a rate, (-1, 1) for a difference of rates);
+    the interval is intersected with it (the mean lies there, so coverage can only grow). Fewer than two
+    finite values: NaN bounds (method ``"none"``); all equal: the point interval.
     """
     _check_alpha(alpha)
     v = to_numpy(values).astype(np.float64).reshape(-1)
@@ -220,4 +223,7 @@ def t_interval(values: Any, alpha: float = 0.05) -> Interval:
     if np.all(v == v[0]):
         return Interval(float(v[0]), float(v[0]), float(v[0]), k, "constant")
     half = float(stats.t.ppf(1 - alpha / 2, k - 1) * v.std(ddof=1) / math.sqrt(k))
-    return Interval(mean, mean - half, mean + half, k, "t")
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(mean, low, high, k, "t")
