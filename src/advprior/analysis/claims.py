@@ -201,7 +201,8 @@ def aggregate_numbers(per_seed: Mapping[int, pd.DataFrame], alpha: float = 0.05)
         rec = {"group": key[0], "name": key[1], "eps": first.loc[key, "eps"], "eps_255": first.loc[key, "eps_255"],
                "metric": key[3]}
         rec.update({f"seed_{s}": float(vals[s]) for s in seeds})
-        rec.update({"n_seeds": ci.n, "mean": ci.estimate, "sd": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+        sd = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+        rec.update({"n_seeds": ci.n, "mean": ci.estimate, "sd": sd,
                     "low": ci.low, "high": ci.high})
         records.append(rec)
     cols = list(KEY_COLUMNS) + [f"seed_{s}" for s in seeds] + list(NUMBER_COLUMNS[len(KEY_COLUMNS):])

@@ -51,7 +51,8 @@ def _by_index(df: pd.DataFrame, what: str) -> pd.DataFrame:
 def _same_images(a: pd.DataFrame, b: pd.DataFrame, what: str) -> None:
     if not a.index.equals(b.index):
         raise ValueError(f"{what} were not evaluated on the same images ({len(a)} vs {len(b)} rows, "
-                         f"{len(a.index.symmetric_difference(b.index))} indices differ): a paired comparison needs both")
+                         f"{len(a.index.symmetric_difference(b.index))} indices differ): a paired comparison "
+                         "needs both")
 
 
 def _columns(flag: np.ndarray, subset: np.ndarray | None) -> tuple[tuple[np.ndarray, ...], Any]:

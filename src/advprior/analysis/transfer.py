@@ -104,7 +104,8 @@ def transfer_matrix(
         fooled = changed[correct]
         rec: dict[str, Any] = {"source": str(key[0]), "target": str(key[1]), "n": int(labels.shape[0]),
                                "n_correct": int(correct.sum())}
-        for name, ci in (("fooling_rate", rate_interval(fooled, alpha)), ("adv_acc", rate_interval(adv_pred == labels, alpha)),
+        for name, ci in (("fooling_rate", rate_interval(fooled, alpha)),
+                         ("adv_acc", rate_interval(adv_pred == labels, alpha)),
                          ("mean_confidence", bca_interval(conf, n_resamples=n_boot, alpha=alpha, seed=seed))):
             rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = ci.estimate, ci.low, ci.high
         fooled_mask = correct & changed
