@@ -156,8 +156,23 @@ def test_aggregation_refuses_bad_sweeps(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no finished job"):
         C.aggregate(tmp_path / "empty")
-    with pytest.raises(ValueError, match="paired metric"):
-        C.ClaimSpec(metric="accuracy")
+    with pytest.raises(ValueError, match="more susceptible"):
+        C.ClaimSpec(metric="adv_acc")  # higher accuracy is less susceptible: the sides would flip
+
+
+def test_claims_callback_checks_models_up_front_and_writes_at_the_end(sweep):
+    from omegaconf import OmegaConf
+
+    from advprior.utils.multirun import ClaimsSummary
+
+    cb = ClaimsSummary(shallower=OmegaConf.create(["shallow_hidden", "shallow"]))
+    with pytest.raises(SystemExit, match=r"vgg_small_nodropout.*not in model"):  # Hydra would only warn on errors
+        cb.on_multirun_start(OmegaConf.create({"model": {"vgg_small": {}, "shallow_hidden": {}, "shallow": {}}}))
+    cb.on_multirun_start(OmegaConf.create({"model": {m: {} for m in MODELS}}))
+    cb.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    saved = json.loads((sweep / "claims.json").read_text())
+    assert saved["seeds"] == [0, 1, 2] and saved["sweep_seconds"] >= 0 and saved["machine"]["cores"] >= 1
+    assert pd.read_csv(sweep / "verdicts.csv")["verdict"].isin(["supported", "contradicted", "inconclusive"]).all()
 
 
 README_MARKERS = "".join(f"\n<!-- generated:{b} -->\nold\n<!-- /generated:{b} -->\n" for b in ("claims", "fgsm-rates",

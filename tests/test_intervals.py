@@ -11,6 +11,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 import advprior.analysis.intervals as intervals
 from advprior.analysis.intervals import (
+    Interval,
     bca_interval,
     paired_difference,
     rate_interval,
@@ -196,6 +197,6 @@ def test_t_interval_equals_scipy():
     assert r.n == 2 and (r.low, r.high) == pytest.approx((lo, hi))
     r = t_interval([0.2])
     assert r.estimate == 0.2 and math.isnan(r.low) and r.method == "none"
-    assert t_interval([0.2, 0.2, 0.2]).as_dict() == {"estimate": 0.2, "low": 0.2, "high": 0.2, "n": 3,
-                                                     "method": "constant"}
+    assert t_interval([0.2, 0.2, 0.2]) == Interval(0.2, 0.2, 0.2, 3, "constant")
+    assert t_interval([0.1, 0.9, 0.5], bounds=(0, 1)).low == 0.0  # cut to the range of a rate
     assert t_interval([]).n == 0

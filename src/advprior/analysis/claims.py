@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 
+SUSCEPTIBILITY_METRICS = ("label_changed_rate", "high_conf_rate", "fooling_rate")
+"""Paired metrics (``compare.PAIRED_METRICS``) where higher means more susceptible: the claims' ``metric``."""
+
 ATTACK_METRICS = ("clean_acc", "adv_acc", "label_changed_rate", "high_conf_rate", "fooling_rate",
                   "mean_second_prob_high_conf")
 """Columns of each job's ``attack/summary.csv`` aggregated across seeds."""
@@ -78,9 +81,9 @@ class ClaimSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shallower", tuple(self.shallower))
         object.__setattr__(self, "models", (self.deeper, *self.shallower, self.with_dropout, self.without_dropout))
-        if self.metric not in ("label_changed_rate", "high_conf_rate", "adv_acc", "fooling_rate"):
-            raise ValueError(f"claims metric must be a paired metric (label_changed_rate, high_conf_rate, adv_acc, "
-                             f"fooling_rate), got {self.metric!r}")
+        if self.metric not in SUSCEPTIBILITY_METRICS:
+            raise ValueError(f"claims metric must be one of {list(SUSCEPTIBILITY_METRICS)} (a paired rate where "
+                             f"higher means more susceptible), got {self.metric!r}")
         if not 0 < self.alpha < 1 or not 0 <= self.mitigation <= 1:
             raise ValueError(f"claims alpha must be in (0, 1) and mitigation in [0, 1], got {self.alpha}, "
                              f"{self.mitigation}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from scipy import special, stats
 from advprior.analysis.categories import to_numpy
 
 _CHUNK_ELEMENTS = 1 << 22  # resample rows per scipy batch * images <= this (~32 MiB of indices)
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -49,9 +50,6 @@ class Interval:
     high: float
     n: int
     method: str  # "wilson", "bca", "paired-bca", "t", "constant" (point interval) or "none" (too little data)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check_alpha(alpha: float) -> None:
