@@ -60,6 +60,12 @@ def _job(sweep: Path, num: int, seed: int, depth_diff: float, dropout_diff: floa
                        "diff_low": -depth_diff - 0.02, "diff_high": -depth_diff + 0.04, "n": 100,
                        "method": "paired-bca"})
     pd.DataFrame(rows).to_csv(d / "attack" / "summary.csv", index=False)
+    pd.DataFrame([{"eps": e / 255, "source": "shallow", "target": "vgg_small", "n": 100,
+                   "fooling_rate": 0.1 * seed + e / 100} for e in EPS_255]).to_csv(d / "attack" / "transfer.csv", index=False)
+    pd.DataFrame([{"source": "shallow", "target": "vgg_small", "eps": e / 255, "eps_255": e, "metric": "fooling_rate",
+                   "white_box": 0.5, "transferred": 0.3, "diff": 0.2 + 0.01 * seed, "diff_low": 0.1, "diff_high": 0.3,
+                   "n": 100, "method": "paired-bca"} for e in EPS_255]).to_csv(d / "attack" / "transfer_paired.csv",
+                                                                             index=False)
     pd.DataFrame(paired).to_csv(d / "attack" / "paired.csv", index=False)
     (d / "defense").mkdir()
     pd.DataFrame([{"eps": e / 255, "eps_255": e, "n": 100, "base_clean_acc": 0.95, "base_clean_acc_low": 0.9,
@@ -104,6 +110,8 @@ def test_aggregation_equals_hand_computation(sweep):
     assert d["name"] == "vgg_small" and (d["low"], d["high"]) == pytest.approx(_t([0, 0.1, 0.2], (0, 1)))
     assert d["low"] == 0.0  # the t interval of a rate is cut at 0
     assert not (nums.metric.str.endswith("_low") | nums.metric.str.endswith("_high")).any()
+    tr = nums[(nums.group == "transfer") & (nums.name == "shallow->vgg_small") & (nums.eps_255 == 8.0)]
+    assert tr.set_index("metric")["mean"].to_dict() == pytest.approx({"fooling_rate": 0.18, "fooling_rate_gap": 0.21})
     p = nums[(nums.group == "paired") & (nums.name == "shallow-vs-vgg_small")].iloc[0]
     assert p["metric"] == "label_changed_rate_diff" and p["mean"] == pytest.approx(0.11)
 

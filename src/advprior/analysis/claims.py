@@ -44,6 +44,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from advprior.analysis.intervals import t_interval
+from advprior.utils.io import save_csv, save_json
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,10 @@ def job_numbers(job: Job) -> pd.DataFrame:
         add("paired", f"{r.model_a}-vs-{r.model_b}", r.eps, r.eps_255, f"{r.metric}_diff", r.diff)
     transfer = _read_csv(job.path / "attack" / "transfer.csv")
     gaps = _read_csv(job.path / "attack" / "transfer_paired.csv")
-    if transfer is not None and gaps is not None:
-        eps_255 = dict(zip(gaps["eps"], gaps["eps_255"]))
-        for r in transfer.itertuples(index=False):
-            add("transfer", f"{r.source}->{r.target}", r.eps, eps_255.get(r.eps, r.eps * 255), "fooling_rate",
-                r.fooling_rate)
-        for r in gaps.itertuples(index=False):
-            add("transfer", f"{r.source}->{r.target}", r.eps, r.eps_255, "fooling_rate_gap", r.diff)
+    for r in [] if transfer is None else transfer.itertuples(index=False):
+        add("transfer", f"{r.source}->{r.target}", r.eps, r.eps * 255, "fooling_rate", r.fooling_rate)
+    for r in [] if gaps is None else gaps.itertuples(index=False):
+        add("transfer", f"{r.source}->{r.target}", r.eps, r.eps_255, "fooling_rate_gap", r.diff)
     defense = _read_csv(job.path / "defense" / "summary.csv")
     target = job.cfg.get("target_model") or next(iter(job.cfg.model))
     for r in [] if defense is None else defense.to_dict("records"):
@@ -181,7 +179,7 @@ def value_range(metric: str) -> tuple[float, float] | None:
         return (-1.0, 1.0)
     if metric.startswith("n_"):
         return (0.0, math.inf)
-    if metric.endswith(("_rate", "_acc", "_auc", "_conf")) or "prob" in metric:
+    if metric.endswith(("_rate", "_acc", "_auc")) or "prob" in metric:
         return (0.0, 1.0)
     return None
 
@@ -361,8 +359,6 @@ def _json_safe(x: Any) -> Any:
 def write(result: Mapping[str, Any], sweep_dir: str | Path, extra: Mapping[str, Any] | None = None) -> None:
     """``claims.csv`` (numbers), ``verdicts.csv`` and ``claims.json`` (everything, plus ``extra``, e.g. the
     machine) in ``sweep_dir``."""
-    from advprior.utils.io import save_csv, save_json
-
     sweep_dir = Path(sweep_dir)
     save_csv(result["numbers"], sweep_dir / "claims.csv")
     save_csv(verdict_table(result["claims"]), sweep_dir / "verdicts.csv")
