@@ -88,27 +88,28 @@ def claims_block(claims: dict) -> str:
     paper = claims["paper_eps_255"]
     lines = [header(claims), "| claim | eps (x255) | evidence: across-seed mean [interval] | verdict |",
              "|---|---|---|---|"]
-    for c in sorted(claims["claims"], key=lambda c: (["depth", "dropout", "mitigation"].index(c["claim"])
-                                                      if c["claim"] in ("depth", "dropout", "mitigation") else 9,
-                                                      c["eps_255"])):
+    order = {"depth": 0, "dropout": 1, "mitigation": 2}
+    for c in sorted(claims["claims"], key=lambda c: (order.get(c["claim"], len(order)), c["eps_255"])):
         parts = []
         for e in c["evidence"]:
-            if e["metric"] == "mitigation_rate":
-                value = pct(e["mean"], e["low"], e["high"])
-            else:
+            if "model_a" in e:  # a paired difference on the same images
+                what = f"`{e['model_a']}` − `{e['model_b']}`, {e['metric'].removesuffix('_diff').replace('_', ' ')}"
                 value = pct(e["mean"], e["low"], e["high"], signed=True)
-            parts.append(f"`{e['comparison']}` {e['metric']}: {value} ({e['verdict']}, {e['n_seeds']} seeds)")
+            else:
+                what = f"{e['metric'].replace('_', ' ')} (`{e['comparison']}`)"
+                value = pct(e["mean"], e["low"], e["high"])
+            parts.append(f"{what}: {value} ({e['verdict']}, {e['n_seeds']} seeds)")
         lines.append(f"| {c['text']} | {eps_text(c['eps_255'], paper)} | {'<br>'.join(parts)} | **{c['verdict']}** |")
     lines += ["", f"Verdict rule: {claims['rule']}"]
     return "\n".join(lines) + "\n"
 
 
-def _table(rows: list[dict], metric: str, names: list[str], paper: float, fmt=pct) -> list[str]:
+def _table(rows: list[dict], metric: str, names: list[str], paper: float) -> list[str]:
     by = {(r["name"], round(r["eps_255"], 6)): r for r in rows if r["metric"] == metric}
     eps_list = sorted({round(r["eps_255"], 6) for r in rows if r["metric"] == metric})
     out = ["| eps (x255) | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for eps in eps_list:
-        cells = [fmt(by[(n, eps)]["mean"], by[(n, eps)]["low"], by[(n, eps)]["high"]) if (n, eps) in by else "n/a"
+        cells = [pct(by[(n, eps)]["mean"], by[(n, eps)]["low"], by[(n, eps)]["high"]) if (n, eps) in by else "n/a"
                  for n in names]
         out.append(f"| {eps_text(eps, paper)} | " + " | ".join(cells) + " |")
     return out
