@@ -13,9 +13,9 @@ CHECKS = ("decode", "header", "none")
 SUPPORT_SELECTIONS = ("random", "first")
 
 
-def _loader_checks(cfg: object) -> None:
+def _loader_checks(cfg: object, eval_batch_null: str | None = "= batch_size") -> None:
     rules.positive_int(cfg, "batch_size")
-    rules.positive_int(cfg, "eval_batch_size", null="= batch_size" if cfg.eval_batch_size is None else None)
+    rules.positive_int(cfg, "eval_batch_size", null=eval_batch_null)
     rules.int_at_least(cfg, "num_workers", 0)
     rules.int_at_least(cfg, "seed", 0)
     rules.positive_int(cfg, "eval_subset", null="all")
@@ -57,7 +57,7 @@ class DigitsConfig:
         if self.val_fraction + self.test_fraction >= 1:
             rules.fail(self, "test_fraction", f"plus {{val_fraction}}={self.val_fraction:g} must be below 1 "
                        "(the training split gets the rest)")
-        _loader_checks(self)
+        _loader_checks(self, eval_batch_null=None)
 
 
 @dataclass

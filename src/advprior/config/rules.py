@@ -36,10 +36,10 @@ def default_of(obj: object, name: str) -> object:
     return AUTO
 
 
-def fail(obj: object, name: str, allowed: str, example: object = AUTO, fix: str | None = None,
-         value: object = AUTO) -> None:
-    """Raise ``ConfigError`` for field ``name`` of ``obj`` (``value`` defaults to the field's value)."""
-    value = getattr(obj, name) if value is AUTO else value
+def fail(obj: object, name: str, allowed: str, example: object = AUTO, fix: str | None = None) -> None:
+    """Raise ``ConfigError`` for the value of field ``name`` of ``obj``: ``allowed`` says what is allowed
+    (``{key}`` names a sibling key), ``example`` a valid value (default: the field's default), ``fix`` more."""
+    value = getattr(obj, name)
     if example is AUTO:
         example = default_of(obj, name)
     if example is AUTO or example == value:

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from . import rules
+from .errors import fmt
 
 BANDWIDTH_RULES = ("scott", "silverman", "cv")
 KERNEL_COVS = ("isotropic", "full")
@@ -37,7 +38,7 @@ class AttackConfig:
         rules.number_in(self, "scale", 0, low_open=True)
         rules.epsilons(self)
         if not any(abs(e / self.scale - self.figure_eps / self.scale) < 1e-12 for e in self.epsilons):
-            rules.fail(self, "figure_eps", f"must be one of {{epsilons}}={rules.fmt(self.epsilons)}",
+            rules.fail(self, "figure_eps", f"must be one of {{epsilons}}={fmt(self.epsilons)}",
                        example=self.epsilons[0])
         if not (self.labels is True or (isinstance(self.labels, str) and self.labels.lower() in ("true", "predicted"))):
             rules.fail(self, "labels", "must be true (attack the true labels, as the paper) or predicted (attack "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import re
 import typing
 from typing import Any, Callable
@@ -20,8 +19,6 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 from .errors import ConfigError, fmt
 from .groups import GROUPS, EntriesOf, OneOf
 from .root import RootConfig
-
-log = logging.getLogger(__name__)
 
 _SIMPLE_INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
 
@@ -59,7 +56,7 @@ def _to_object(typed: DictConfig, path: str, source: DictConfig | None) -> Any:
         child = typed._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing() \
                 and dataclasses.is_dataclass(OmegaConf.get_type(child)):
-            sub = source.get(key) if isinstance(source, DictConfig) else None
+            sub = OmegaConf.select(source, str(key), throw_on_missing=False) if source is not None else None
             _to_object(child, _join(path, key), sub if isinstance(sub, DictConfig) else None)
     try:
         return OmegaConf.to_object(typed)
@@ -247,7 +244,7 @@ def check_prior_support(cfg: DictConfig, checked: dict) -> None:
     if counts is not None:
         smallest = min(counts)
         where = (f"the smallest class has {smallest} support images"
-                 + (f" ({source}={per_class})" if per_class is not None else " (the whole training split)"))
+                 + (f" with {source}={per_class}" if per_class is not None else " (the whole training split)"))
     elif per_class is not None:
         smallest, where = per_class, f"{source}={per_class}"
     else:
