@@ -11,6 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import advprior.config  # noqa: F401  registers the config schemas (conf/ extends them) before composing
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

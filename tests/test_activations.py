@@ -21,7 +21,8 @@ from advprior.analysis.activations import (
     rel_change,
     relative_change,
 )
-from advprior.analysis.activations_config import ActivationsConfig
+from advprior.config.stages import ActivationsConfig
+from advprior.config.validate import check_node
 from advprior.attacks import FGSMSweep
 from advprior.models.classifier import Classifier
 from advprior.models.vgg import IMAGENET_MEAN, IMAGENET_STD, build_torchvision_vgg
@@ -233,8 +234,8 @@ def test_change_summary_groups_and_counts():
 ])
 def test_config_values_are_checked(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        ActivationsConfig.from_cfg(override)
-    assert ActivationsConfig.from_cfg({}).layers == MAP_LAYERS
+        check_node(override, ActivationsConfig, "activations")
+    assert check_node({}, ActivationsConfig, "activations").layers == MAP_LAYERS
 
 
 def test_figures_draw_examples_and_depth():

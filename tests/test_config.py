@@ -1,4 +1,4 @@
-"""Config composition for every group option, and validation before any work."""
+"""Config composition for every group option, and validation before any work (more in test_validation.py)."""
 from __future__ import annotations
 
 import pytest
@@ -16,13 +16,15 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group", ["data", "trainer", "paths", "extras", "hydra", "experiment", "debug",
                                    "attack", "prior", "defense", "callbacks"])
 def test_every_option_composes(make_cfg, group):
-    required = {"data/folder": ["data.root=/tmp/x"]}
+    # prior=paper asks for 128 components: more than the digits have images per class (validation says so)
+    required = {"data/folder": ["data.root=/tmp/x"], "prior/paper": ["data=imagenet"]}
     for opt in options(group):
         if group == "hydra":
             continue  # hydra/default is part of every composition
         cfg = make_cfg([f"{group}={opt}", *required.get(f"{group}/{opt}", [])])
         OmegaConf.to_container(cfg, resolve=False)
         assert cfg.seed == 0
+        validate_config(cfg)
 
 
 @pytest.mark.parametrize("opt", options("model"))
@@ -37,6 +39,7 @@ def test_every_model_option_composes_and_builds_config(make_cfg, opt):
 def test_every_logger_option_composes(make_cfg, opt):
     cfg = make_cfg([f"logger=[{opt}]"])
     assert list(cfg.logger) == [opt]
+    validate_config(cfg)
 
 
 def test_data_options_instantiate_digits(make_cfg):

@@ -143,3 +143,9 @@ def test_genomes_round_trip_through_json():
 def test_mutation_is_reproducible_from_the_seed():
     assert [to_json(g) for g in grown(7)] == [to_json(g) for g in grown(7)]
     assert [to_json(g) for g in grown(7)] != [to_json(g) for g in grown(8)]
+
+
+def test_schema_activation_names_are_the_renderers():
+    from advprior.config.fooling import CPPN_ACTIVATIONS
+    from advprior.fooling.cppn import ACTIVATIONS
+    assert tuple(ACTIVATIONS) == CPPN_ACTIVATIONS

@@ -56,8 +56,8 @@ def test_alexnet_weights_follow_the_vgg_loading_rules(tmp_path, monkeypatch):
 def test_paper_experiment_evolves_on_alexnet_and_scores_on_vgg19(make_cfg, tmp_path):
     fake = make_fake_imagenet(tmp_path / "imagenet", num_classes=5, per_class_train=2, num_val=4)
     cfg = make_cfg([
-        "experiment=paper_imagenet", f"data.root={fake.root}", "data.num_workers=0", "+data.image_size=64",
-        "+data.resize_size=73", "model.vgg19.weights=null", "model.alexnet.weights=null", "stages=[fooling]",
+        "experiment=paper_imagenet", f"data.root={fake.root}", "data.num_workers=0", "data.image_size=64",
+        "data.resize_size=73", "model.vgg19.weights=null", "model.alexnet.weights=null", "stages=[fooling]",
         "fooling.population=6", "fooling.generations=2", "fooling.batch_size=6", "fooling.grid_samples=3",
         "fooling.n_resamples=100",
     ])

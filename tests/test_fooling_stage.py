@@ -126,12 +126,12 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_elites(make_cfg, monk
 
 
 @pytest.mark.parametrize("override, message", [
-    ("fooling.sources=[nope]", r"fooling.sources names \['nope'\]"),
-    ("fooling.population=0", "fooling.population must be a positive int"),
-    ("fooling.encodings=[cppn,pixels]", "fooling.encodings must be"),
+    ("fooling.sources=[nope]", r"fooling.sources=\[nope\]: names nope, not among the configured models"),
+    ("fooling.population=0", "fooling.population=0: must be a positive integer"),
+    ("fooling.encodings=[cppn,pixels]", r"fooling.encodings=\[cppn,pixels\]: must be a non-empty list"),
     ("fooling.cppn.activations=[sine,relu]", "fooling.cppn.activations"),
     ("fooling.direct.mutation_rate=0", "fooling.direct.mutation_rate"),
-    ("+fooling.bogus=1", "bogus"),
+    ("++fooling.bogus=1", "fooling.bogus=1: unknown key"),
     ("fooling.device=gpu0", "fooling.device"),
 ])
 def test_bad_fooling_settings_fail_before_any_work(make_cfg, override, message):

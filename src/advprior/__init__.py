@@ -11,3 +11,5 @@ from omegaconf import OmegaConf
 OmegaConf.register_new_resolver(
     "advprior.abspath", lambda p=".": os.path.abspath(os.path.expanduser(str(p))), replace=True
 )
+
+from . import config as _config  # noqa: E402,F401  registers the config schemas in Hydra's ConfigStore

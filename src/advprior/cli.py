@@ -17,15 +17,16 @@ CONFIG_DIR = os.environ.get("ADVPRIOR_CONFIG_DIR", str(Path(__file__).resolve().
 
 def run_task(cfg: DictConfig) -> dict:
     """Validate, seed, save the config, run the pipeline; the W&B run is always finished."""
+    from .validation import validate_config
+
+    validate_config(cfg)  # first: a bad value fails before torch and Lightning are even imported
     from .context import RunContext
     from .pipeline import run_pipeline
     from .store import ArtifactStore
     from .utils.config_tree import save_config_tree
     from .utils.loggers import build_loggers, finish_wandb
     from .utils.seeding import seed_everything
-    from .validation import validate_config
 
-    validate_config(cfg)
     hc = HydraConfig.get()
     run_dir = Path(cfg.paths.output_dir)
     log.info("run directory: %s", run_dir)

@@ -30,7 +30,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs": torch.abs,
     "cos": torch.cos,
 }
-"""Activation name -> elementwise function (pre-activation tensor in, activation out)."""
+"""Activation name -> elementwise function (pre-activation tensor in, activation out); the names are
+``advprior.config.fooling.CPPN_ACTIVATIONS`` (the config schema checks them without importing torch)."""
 
 
 @dataclass(frozen=True, eq=True)

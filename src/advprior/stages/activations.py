@@ -23,11 +23,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..analysis.activations import change_summary
-from ..analysis.activations_config import ActivationsConfig
 from ..analysis.categories import ADVERSARIAL_CATEGORIES
 from ..analysis.lit_activations import ActivationChangeModule, concat_examples, merge_rank_shards
 from ..analysis.outcomes import read_outcomes
 from ..analysis.rates import format_eps
+from ..config.stages import ActivationsConfig
+from ..config.validate import check_node
 from ..context import RunContext
 from ..store import link_into
 from ..utils.io import load_torch, save_csv, save_parquet, save_torch
@@ -67,7 +68,7 @@ def _match_eps(values, study: list[float], scale: float, key: str) -> list[float
 
 def _settings(cfg) -> tuple[ActivationsConfig, list[float]]:
     """The checked ``cfg.activations`` and its eps values in pixel units (the study's own floats)."""
-    acfg = ActivationsConfig.from_cfg(cfg.get("activations") or {})
+    acfg = check_node(cfg.get("activations") or {}, ActivationsConfig, "activations")
     study = epsilons(cfg)
     if acfg.epsilons is None:
         return acfg, study

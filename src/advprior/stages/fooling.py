@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from ..context import RunContext
-from ..fooling.config import ENCODINGS, FoolingConfig
+from ..config.validate import check_fooling_models, check_node
+from ..fooling.config import ENCODINGS, FoolingConfig, resolve_device
 from ..fooling.encodings import build_encoding
 from ..fooling.map_elites import EliteArchive, class_probabilities, map_elites
 from ..fooling.scoring import fooling_summary, score_elites
@@ -41,8 +42,8 @@ STAGE_VERSION = 1
 
 def fooling_config(ctx: RunContext) -> FoolingConfig:
     """The checked ``fooling`` config; its sources and targets must be configured models."""
-    fcfg = FoolingConfig.from_node(ctx.cfg.fooling)
-    fcfg.check_models(ctx.cfg.model)
+    fcfg = check_node(ctx.cfg.fooling, FoolingConfig, "fooling")
+    check_fooling_models(ctx.cfg, {"fooling": fcfg, "model": ctx.cfg.model})
     return fcfg
 
 
@@ -77,7 +78,7 @@ def evolve(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str) -> 
         log.info("fooling: reusing the %s elites of %s (%s)", encoding, source, out)
         return out
     model = ctx.models[source]
-    device = fcfg.resolve_device(model)
+    device = resolve_device(fcfg, model)
     sel, enc_seed = search_seeds(int(ctx.cfg.seed), source, encoding)
     encoding_obj = build_encoding(encoding, fcfg, tuple(ctx.datamodule.input_shape), device, enc_seed)
     t0 = time.perf_counter()
@@ -173,7 +174,7 @@ def run(ctx: RunContext) -> dict[str, float]:
             out = ctx.store.path("fooling", fooling_key(ctx, source, enc))
             saved = load_torch(out / "elites.pt")
             elites[(source, enc)] = (saved["images"], saved["bins"].tolist())
-            with moved_to(list(scorers.values()), fcfg.resolve_device(ctx.models[source])):
+            with moved_to(list(scorers.values()), resolve_device(fcfg, ctx.models[source])):
                 scores.append(score_elites(source, enc, saved["images"], saved["bins"].tolist(), scorers,
                                            fcfg.batch_size))
             progress.append(pd.read_csv(out / "progress.csv").assign(source=source, encoding=enc))

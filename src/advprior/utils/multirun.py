@@ -5,20 +5,22 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .io import save_csv
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 
 def collect_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job directory of ``sweep_dir``: its overrides as columns, then its metrics.json."""
+    import pandas as pd  # here, not at import: Hydra builds this callback before the config is validated
+
     rows = []
     for job in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)):
         metrics_file = job / "metrics.json"
@@ -39,6 +41,8 @@ class MultirunSummary(Callback):
     """At the end of a multirun, write ``summary.csv`` in the sweep directory (jobs x metrics)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .io import save_csv
+
         sweep_dir = Path(config.hydra.sweep.dir)
         df = collect_sweep(sweep_dir)
         if df.empty:
