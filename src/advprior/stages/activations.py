@@ -27,6 +27,7 @@ from ..analysis.categories import ADVERSARIAL_CATEGORIES
 from ..analysis.lit_activations import ActivationChangeModule, concat_examples, merge_rank_shards
 from ..analysis.outcomes import read_outcomes
 from ..analysis.rates import format_eps
+from ..config.errors import fmt
 from ..config.stages import ActivationsConfig
 from ..config.validate import check_node
 from ..context import RunContext
@@ -60,7 +61,7 @@ def _match_eps(values, study: list[float], scale: float, key: str) -> list[float
     for v in values:
         hit = [e for e in study if abs(e - float(v) / scale) < 1e-12]
         if not hit:
-            raise ConfigError(f"{key}={v} is not one of attack.epsilons {[e * scale for e in study]}; "
+            raise ConfigError(f"{key}={fmt(v)} is not one of attack.epsilons {fmt([e * scale for e in study])}; "
                               f"the activations stage reuses the study's adversarial images")
         out.append(hit[0])
     return out
