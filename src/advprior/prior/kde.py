@@ -140,6 +140,7 @@ def fit_kde_params(
     valid = torch.arange(n_max, device=points.device)[None, :] < counts[:, None]
     check_finite(points[valid], "KDE points", "a KDE needs finite support points: drop those rows or fix "
                  "what produced them (the features, the PCA, the autoencoder)")
+    points = points.masked_fill(~valid[..., None], 0)  # padding rows are never data, whatever they hold
     needs_spread = isinstance(bandwidth, str) or kernel_cov == "full"
     if needs_spread and bool((counts < 2).any()):
         c = int(torch.nonzero(counts < 2)[0])

@@ -1,4 +1,5 @@
-"""Stage ``train``: build every configured model; train the small ones (cached by config hash)."""
+"""Stage ``train``: build every configured model; train the small ones (cached in the store, keyed as ``TRAIN_KEY``
+declares; a model not trained here is identified as ``PRETRAINED_KEY`` declares)."""
 from __future__ import annotations
 
 import inspect
