@@ -15,7 +15,6 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf, open_dict
 
-import advprior.pipeline  # noqa: F401
 from advprior import keys
 from advprior.keys import AFFECTS, CONTENT, config_leaves, leaf_value, model_spec, stage_key
 from advprior.pipeline import STAGES
@@ -141,11 +140,10 @@ def expected_change(cfg0, cfg1, ctx0, ctx1, spec, model, delta: set[str]) -> boo
     return False
 
 
-def walk(make, extra: dict[str, Any], must: list, must_not: list) -> None:
-    """Perturb every leaf of ``make()`` alone; check classification, declared sensitivity and the
+def walk(cfg0, extra: dict[str, Any], must: list, must_not: list) -> None:
+    """Perturb every leaf of ``cfg0`` alone; check classification, declared sensitivity and the
     must/must-not table (``(stage, model, leaf)``), which is independent of the declarations."""
     cache = Keys()
-    cfg0 = make()
     base = cache.all(cfg0)
     ctx0 = cache.ctx(cfg0)
     res0 = resolved(cfg0)
@@ -203,7 +201,7 @@ def test_every_leaf_of_the_digits_default_is_classified_and_keys_follow_the_decl
             "+trainer.limit_test_batches=1.0"]
     cfg = make_cfg(base, fast=False)
     over = with_all_args(base, cfg.data._target_, set(cfg.data))
-    walk(lambda: make_cfg(over, fast=False), extra={}, must=[
+    walk(make_cfg(over, fast=False), extra={}, must=[
         ("attack", None, "trainer.limit_test_batches"), ("attack", None, "trainer.precision"),
         ("attack", None, "attack.epsilons"), ("attack", None, "attack.labels"), ("attack", None, "data.eval_subset"),
         ("attack", None, "model.shallow.train.optimizer.lr"),
@@ -236,19 +234,19 @@ def folder_trees(tmp_path_factory):
     for label, name in enumerate(("ant", "bee", "cat")):
         for j in range(8):
             write_jpeg(root / name / f"{name}_{j}.jpg", label, rng, size=(20, 20))
-    copy = root.parent / "copy"
-    shutil.copytree(root, copy)
-    return root, copy
+    twin = root.parent / "twin"
+    shutil.copytree(root, twin)
+    return root, twin
 
 
 def test_every_leaf_with_data_folder(make_cfg, folder_trees):
-    root, copy = folder_trees
+    root, twin = folder_trees
     base = ["data=folder", f"data.root={root}", "data.image_size=16", "data.num_workers=0",
             "model=[shallow_hidden]", "prior.feature_layer=fc1"]
     cfg = make_cfg(base, fast=False)
     over = with_all_args(base, cfg.data._target_, set(cfg.data))
-    walk(lambda: make_cfg(over, fast=False), extra={"data.root": {"data.root": str(copy)},
-                                                     "data.val_fraction": {"data.val_fraction": 0.3}}, must=[
+    extra = {"data.root": {"data.root": str(twin)}, "data.val_fraction": {"data.val_fraction": 0.3}}
+    walk(make_cfg(over, fast=False), extra=extra, must=[
         ("attack", None, "data.root"), ("attack", None, "data.image_size"), ("train", "shallow_hidden", "data.seed"),
         ("features", None, "data.support_per_class"),
     ], must_not=[("train", "shallow_hidden", "data.pin_memory"), ("attack", None, "data.on_bad_image")])
@@ -283,7 +281,7 @@ def test_every_leaf_with_imagenet_and_a_pretrained_model(make_cfg, tmp_path, mon
         "model.vgg16.train": None,  # switching to training a VGG-16 here needs its optimizer config
     }
     (hub_weights_path("vgg19")).write_bytes(b"vgg19 stand-in" * 100)
-    walk(lambda: make_cfg(over, fast=False), extra=extra, must=[
+    walk(make_cfg(over, fast=False), extra=extra, must=[
         ("attack", None, "trainer.precision"), ("attack", None, "model.vgg16.checkpoint"),
         ("pretrained", "vgg16", "model.vgg16.weights"), ("attack", None, "data.devkit"),
     ], must_not=[
@@ -292,3 +290,22 @@ def test_every_leaf_with_imagenet_and_a_pretrained_model(make_cfg, tmp_path, mon
         ("pretrained", "vgg16", "seed"),  # loaded weights: the seed does not matter
         ("attack", None, "trainer.devices"), ("attack", None, "trainer.max_epochs"),  # nothing trained here
     ])
+
+
+# ---------------------------------------------------------------------------------------- results
+def test_ignored_settings_give_the_same_weights_and_affecting_ones_other_weights(make_cfg):
+    """The declarations against the real thing, on one machine: trained weights with settings declared
+    ignored for ``train`` are bit-identical, with a setting declared affecting they differ."""
+    from advprior.cli import run_task
+
+    def weights(sub: str, over: list[str]) -> dict[str, torch.Tensor]:
+        cfg = make_cfg(["stages=[train]", "model=[shallow]", *over], sub=sub)
+        run_task(cfg)
+        return torch.load(Path(cfg.paths.output_dir) / "models" / "shallow.pt", weights_only=True)
+
+    base = weights("base", [])
+    ignored = weights("ignored", ["callbacks=none", "trainer.log_every_n_steps=1", "data.eval_batch_size=100",
+                                  "data.eval_subset=7", "attack.high_conf_threshold=0.9", "target_model=shallow"])
+    assert all(torch.equal(base[k], ignored[k]) for k in base)
+    other = weights("affecting", ["data.batch_size=32"])
+    assert not torch.equal(base["net.logits.weight"], other["net.logits.weight"])

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
+
+from .utils.io import save_json
 
 log = logging.getLogger(__name__)
 
@@ -70,28 +73,23 @@ def weights_digest(path: str | os.PathLike, cache: str | os.PathLike | None = No
     The cache maps realpath -> {size, mtime_ns, ctime_ns, inode, sha256}; a changed stat tuple rehashes.
     """
     key = stat_key(path)
-    if key in _digests:
-        return _digests[key]
+    if key in _digests or cache is None:
+        return file_digest(path)
     real, ino, size, mtime, ctime = key
     entry = {"inode": ino, "size": size, "mtime_ns": mtime, "ctime_ns": ctime}
-    if cache is not None:
-        from filelock import FileLock
-
-        cache = Path(cache)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{cache}.lock"):
-            table = _read_json(cache)
-            hit = table.get(real)
-            if hit and all(hit.get(k) == v for k, v in entry.items()) and HASH in hit:
-                _digests[key] = hit[HASH]
-                return hit[HASH]
-            log.info("hashing weights %s (%.0f MB; once, cached in %s)", real, size / 2**20, cache)
-            digest = file_digest(real)
-            table[real] = {**entry, HASH: digest}
-            from .utils.io import save_json
-            save_json(table, cache)
-        return digest
-    return file_digest(real)
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{cache}.lock"):
+        table = _read_json(cache)
+        hit = table.get(real)
+        if hit and HASH in hit and all(hit.get(k) == v for k, v in entry.items()):
+            _digests[key] = hit[HASH]
+            return hit[HASH]
+        log.info("hashing weights %s (%.0f MB; once, cached in %s)", real, size / 2**20, cache)
+        digest = file_digest(real)
+        table[real] = {**entry, HASH: digest}
+        save_json(table, cache)
+    return digest
 
 
 def _read_json(path: Path) -> dict:

@@ -80,8 +80,8 @@ class KeySpec:
     """One stage's key declaration.
 
     stage: the store's stage name. rules: ordered ``(pattern, kind)``. code: source files/folders (relative
-    to ``src/advprior``) its results depend on. inputs: what else its key holds, for the sensitivity test:
-    ``"models"`` (every model's identity), ``"target_model"`` or another spec's stage name.
+    to ``src/advprior``) its results depend on. inputs: the other keys its key holds: ``"models"`` (every
+    model's identity), ``"target_model"`` (the target model's) or another spec's stage name (its key).
     content: ``(ctx, model) -> JSON-able`` identity of the data/weights it reads (None: none).
     per_model: one key per model (``{model}`` in the rules).
     """

@@ -19,6 +19,7 @@ from advprior.analysis.transfer import TRANSFER_COLUMNS, pivot, transfer_matrix
 __all__ = [
     "ADVERSARIAL_CATEGORIES", "CATEGORIES", "DERIVED_COLUMNS", "OUTCOME_COLUMNS", "OUTCOME_DTYPES",
     "STORED_COLUMNS", "TRANSFER_COLUMNS", "attack_summary", "bootstrap_ci", "categorize", "categorize_frame",
-    "category_counts", "concat_outcomes", "derive_outcomes", "empty_outcomes", "format_eps", "hierarchy_close", "metric_dict", "outcome_rows", "pivot", "read_outcomes",
-    "transfer_matrix", "weight_similarity_close", "write_outcomes",
+    "category_counts", "concat_outcomes", "derive_outcomes", "empty_outcomes", "format_eps", "hierarchy_close",
+    "metric_dict", "outcome_rows", "pivot", "read_outcomes", "transfer_matrix", "weight_similarity_close",
+    "write_outcomes",
 ]

@@ -96,41 +96,46 @@ def load_support_features(ctx: RunContext) -> dict[str, torch.Tensor]:
 
 
 def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
-    cfg, pcfg = ctx.cfg, ctx.cfg.prior
-    num_classes = ctx.datamodule.num_classes
     with ctx.store.claim("prior", prior_key(ctx)) as art:
         if art.done:
             log.info("prior: reusing fitted prior %s", art.dir)
-            prior = empty_prior(num_classes, pcfg)
+            prior = empty_prior(ctx.datamodule.num_classes, ctx.cfg.prior)
             prior.load_state_dict(load_torch(art.dir / "prior.pt"))
             return prior.freeze(), art.meta
-        feats = load_support_features(ctx)
-        bw = pcfg.bandwidth
-        prior = fit_class_prior(
-            feats["features"], feats["labels"], num_classes,
-            n_components=int(pcfg.n_components), bottleneck=int(pcfg.bottleneck), depth=pcfg.get("depth"),
-            negative_slope=float(pcfg.negative_slope),
-            bandwidth=float(bw) if isinstance(bw, (int, float)) else str(bw),
-            kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
-            batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed),
-            # the run's loggers get the per-epoch prior/ae_recon_loss curve
-            trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1},
-        )
-        evr = prior.pca.explained_variance_ratio_.sum(1)
-        with torch.no_grad():
-            own = prior(feats["features"]).gather(1, feats["labels"][:, None]).squeeze(1)
-        meta = {
-            "prior/explained_variance_mean": float(evr.mean()), "prior/explained_variance_min": float(evr.min()),
-            "prior/explained_variance_max": float(evr.max()), "prior/ae_recon_loss": float(prior.loss_history[-1]),
-            "prior/ae_recon_loss_first": float(prior.loss_history[0]),
-            "prior/support_points": int(len(feats["labels"])),
-            "prior/support_log_density_mean": float(own.mean()),
-            "prior/bandwidth_mean": float(prior.kde.bandwidth_.float().mean()),
-        }
+        prior, meta = fit_prior(ctx)
         save_torch(prior.state_dict(), art.dir / "prior.pt")
         art.commit(meta)
     log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f",
              100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"], meta["prior/ae_recon_loss"])
+    return prior, meta
+
+
+def fit_prior(ctx: RunContext) -> tuple[ClassPrior, dict]:
+    """Fit the prior on the support features (cached) and describe it (the stage's metrics)."""
+    cfg, pcfg = ctx.cfg, ctx.cfg.prior
+    num_classes = ctx.datamodule.num_classes
+    feats = load_support_features(ctx)
+    bw = pcfg.bandwidth
+    prior = fit_class_prior(
+        feats["features"], feats["labels"], num_classes,
+        n_components=int(pcfg.n_components), bottleneck=int(pcfg.bottleneck), depth=pcfg.get("depth"),
+        negative_slope=float(pcfg.negative_slope), bandwidth=float(bw) if isinstance(bw, (int, float)) else str(bw),
+        kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
+        batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed),
+        # the run's loggers get the per-epoch prior/ae_recon_loss curve
+        trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1},
+    )
+    evr = prior.pca.explained_variance_ratio_.sum(1)
+    with torch.no_grad():
+        own = prior(feats["features"]).gather(1, feats["labels"][:, None]).squeeze(1)
+    meta = {
+        "prior/explained_variance_mean": float(evr.mean()), "prior/explained_variance_min": float(evr.min()),
+        "prior/explained_variance_max": float(evr.max()), "prior/ae_recon_loss": float(prior.loss_history[-1]),
+        "prior/ae_recon_loss_first": float(prior.loss_history[0]),
+        "prior/support_points": int(len(feats["labels"])),
+        "prior/support_log_density_mean": float(own.mean()),
+        "prior/bandwidth_mean": float(prior.kde.bandwidth_.float().mean()),
+    }
     return prior, meta
 
 

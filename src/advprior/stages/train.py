@@ -126,6 +126,27 @@ def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl
     return instantiate(ctx.cfg.trainer, **kwargs)
 
 
+def fit_model(ctx: RunContext, name: str, model: Classifier) -> dict:
+    """Train ``model`` in place as ``model.<name>.train`` says; returns its test metrics."""
+    cfg, dm = ctx.cfg, ctx.datamodule
+    tcfg = cfg.model[name].train
+    module = ClassifierModule(model, instantiate(tcfg.optimizer), frozen=False, name=name,
+                              lr_schedule=tcfg.get("lr_schedule"))
+    epochs = int(cfg.trainer.get("max_epochs") or tcfg.epochs)
+    trainer = make_trainer(ctx, name, epochs)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - t0
+    res = trainer.test(module, datamodule=dm, verbose=False)[0]
+    metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
+               f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
+               f"train/{name}/fit_seconds": seconds,
+               f"train/{name}/epochs": epochs}
+    log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
+             epochs, seconds)
+    return metrics
+
+
 def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
     """The trained (or pretrained, frozen) model ``name`` and its metrics, reusing a cached result."""
     cfg, dm = ctx.cfg, ctx.datamodule
@@ -142,23 +163,9 @@ def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
             model.load_state_dict(load_torch(art.dir / "model.pt"))
             metrics = art.meta
         else:
-            tcfg = mcfg.train
-            module = ClassifierModule(model, instantiate(tcfg.optimizer), frozen=False, name=name,
-                                      lr_schedule=tcfg.get("lr_schedule"))
-            epochs = int(cfg.trainer.get("max_epochs") or tcfg.epochs)
-            trainer = make_trainer(ctx, name, epochs)
-            t0 = time.perf_counter()
-            trainer.fit(module, datamodule=dm)
-            seconds = time.perf_counter() - t0
-            res = trainer.test(module, datamodule=dm, verbose=False)[0]
-            metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
-                       f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
-                       f"train/{name}/fit_seconds": seconds,
-                       f"train/{name}/epochs": epochs}
+            metrics = fit_model(ctx, name, model)
             save_torch(model.state_dict(), art.dir / "model.pt")
             art.commit(metrics)
-            log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
-                     epochs, seconds)
         link_into(art.dir / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
     model.eval()
     if mcfg.get("frozen", True):
