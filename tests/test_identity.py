@@ -2,7 +2,7 @@
 overwritten, the weight-hash cache, code versions; and summary settings re-summarized from the store."""
 from __future__ import annotations
 
-import logging
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -169,7 +169,6 @@ def test_weight_hashes_are_cached_across_processes_by_path_size_and_times(tmp_pa
     identity._digests.clear()
     d2 = identity.weights_digest(weights, cache)
     assert d2 != d1 and len(calls) == 2
-    import hashlib
     assert d2 == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 

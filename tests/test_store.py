@@ -2,6 +2,7 @@
 verification hashed once per process, per-artifact locks between concurrent runs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,7 +36,6 @@ def test_manifest_records_checksums_and_a_claim_reuses_them(tmp_path):
     store = ArtifactStore(tmp_path)
     d = _commit(store, meta={"acc": 0.5})
     manifest = json.loads((d / MANIFEST).read_text())
-    import hashlib
     assert manifest["files"]["sub/a.bin"] == {"size": 4096, "sha256": hashlib.sha256(b"x" * 4096).hexdigest()}
     with store.claim("stage", "k1") as art:
         assert art.done and art.meta == {"acc": 0.5} and (art.dir / "sub" / "a.bin").read_bytes() == b"x" * 4096
