@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from advprior.analysis.outcomes import (
+    DERIVED_COLUMNS,
     OUTCOME_COLUMNS,
     OUTCOME_DTYPES,
+    STORED_COLUMNS,
     concat_outcomes,
+    derive_outcomes,
     empty_outcomes,
     outcome_rows,
     read_outcomes,
@@ -111,8 +114,9 @@ def test_read_outcomes_names_missing_columns(tmp_path):
     labels, cl, al, ci, ai = _random_batch()
     df = outcome_rows(torch.arange(16), labels, cl, al, ci, ai, eps=0.01)
     p = tmp_path / "bad.parquet"
-    df.drop(columns=["l2", "category"]).to_parquet(p)
-    with pytest.raises(ValueError, match=r"missing outcome columns \['l2', 'category'\]"):
+    df.drop(columns=["l2", "label_changed", "category"]).to_parquet(p)
+    # the derived columns (category, high_confidence) may be absent: they are recomputed at summary time
+    with pytest.raises(ValueError, match=r"missing outcome columns \['l2', 'label_changed'\]"):
         read_outcomes(p)
 
 
@@ -136,3 +140,20 @@ def test_invalid_arguments():
         outcome_rows(torch.arange(16), labels + 100, cl, al, ci, ai, eps=0.01)
     with pytest.raises(ValueError, match="paths"):
         outcome_rows(torch.arange(16), labels, cl, al, ci, ai, eps=0.01, paths=["a"])
+
+
+def test_derived_columns_recomputed_from_the_stored_ones_equal_a_direct_computation(tmp_path):
+    """The store keeps the table without high_confidence/category; derive_outcomes with any settings gives
+    exactly what outcome_rows computes with those settings."""
+    labels, cl, al, ci, ai = _random_batch(n=64, c=7, seed=3)
+    close = torch.rand(7, 7, generator=torch.Generator().manual_seed(1)) > 0.6
+    stored = write_outcomes(outcome_rows(torch.arange(64), labels, cl, al, ci, ai, eps=0.01), tmp_path / "s.parquet",
+                            derived=False)
+    back = read_outcomes(stored)
+    assert tuple(back.columns) == STORED_COLUMNS and not set(DERIVED_COLUMNS) & set(back.columns)
+    for thr, refocus, cm in ((0.5, 0.05, None), (0.3, 0.2, close), (0.9, 0.0, close)):
+        direct = outcome_rows(torch.arange(64), labels, cl, al, ci, ai, eps=0.01, high_conf_threshold=thr,
+                              close=cm, refocus_min_prob=refocus)
+        pd.testing.assert_frame_equal(derive_outcomes(back, thr, cm, refocus), direct)
+    with pytest.raises(ValueError, match="high_conf_threshold"):
+        derive_outcomes(back, 1.5)

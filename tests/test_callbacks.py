@@ -151,20 +151,47 @@ def test_metrics_equal_fgsm_by_hand_on_final_weights(fitted):
         other = FGSMEvalCallback(EPS_255, num_images=N_IMAGES, batch_size=BATCH, high_conf_threshold=thr)
         other.set_subset(val)
         got[thr] = other.evaluate(model, name="tiny")
-    separated = False
+    _check_against_hand(got, model, x, y, "tiny")
+    # whether this trained net flips labels depends on the CPU's arithmetic: the non-vacuous case (flips,
+    # split by a threshold) is test_rates_on_a_model_built_to_flip
+
+
+def _check_against_hand(got: dict, model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+    """Every threshold's callback metrics equal FGSM by hand on the same images."""
     for e in EPS_255:
         outs = _by_hand(model, x, y, e / 255, BATCH)
-        key = f"val_attack/tiny/eps={format_eps(e / 255)}"
-        for thr in thresholds:
+        key = f"val_attack/{name}/eps={format_eps(e / 255)}"
+        for thr, metrics in got.items():
             adv_acc, changed, high, clean = _rates(y, *outs, thr)
-            assert got[thr][f"{key}/adv_acc"] == adv_acc
-            assert got[thr][f"{key}/label_changed_rate"] == changed
-            assert got[thr][f"{key}/high_conf_rate"] == high
-            assert got[thr]["val_attack/tiny/clean_acc"] == clean
-            separated |= 0 < high < changed
-    # non-vacuous: the attack flips labels at 32/255, and some threshold splits the flips
-    assert cb.last_metrics[f"val_attack/tiny/eps={format_eps(32 / 255)}/label_changed_rate"] > 0
-    assert separated
+            assert metrics[f"{key}/adv_acc"] == adv_acc
+            assert metrics[f"{key}/label_changed_rate"] == changed
+            assert metrics[f"{key}/high_conf_rate"] == high
+            assert metrics[f"val_attack/{name}/clean_acc"] == clean
+
+
+def test_rates_on_a_model_built_to_flip():
+    """Fixed weights, so the outcome holds on any CPU: logits +-a (mean(x) - 1/2) for two classes. Grey
+    images of level c in (1/2, 1/2 + 32/255) are classified 0 (their label); FGSM at 32/255 lowers every
+    pixel by 32/255 (the gradient sign is -1 everywhere), so each flips to class 1 with confidence
+    sigmoid(2a (1/2 + 32/255 - c)): above 0.5 for every image, above 0.9 for the lower levels."""
+    a, eps = 40.0, 32 / 255
+    lin = nn.Linear(16, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([torch.full((16,), a / 16), torch.full((16,), -a / 16)]))
+        lin.bias.copy_(torch.tensor([-a / 2, a / 2]))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    levels = 0.5 + eps * torch.linspace(0.1, 0.9, N_IMAGES)
+    x, y = levels[:, None, None, None].expand(-1, 1, 4, 4).contiguous(), torch.zeros(N_IMAGES, dtype=torch.long)
+    got = {}
+    for thr in (0.5, 0.9):
+        cb = FGSMEvalCallback(EPS_255, num_images=N_IMAGES, batch_size=BATCH, high_conf_threshold=thr)
+        cb.set_subset(list(zip(x, y.tolist())))
+        got[thr] = cb.evaluate(model, name="built")
+    _check_against_hand(got, model, x, y, "built")
+    key = f"val_attack/built/eps={format_eps(eps)}"
+    assert got[0.5]["val_attack/built/clean_acc"] == 1.0
+    assert got[0.5][f"{key}/label_changed_rate"] == 1.0 and got[0.5][f"{key}/high_conf_rate"] == 1.0
+    assert 0 < got[0.9][f"{key}/high_conf_rate"] < 1.0  # the threshold splits the flips
 
 
 def test_eps_zero_is_clean(fitted):

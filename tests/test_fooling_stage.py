@@ -12,7 +12,7 @@ from advprior.cli import run_task
 from advprior.context import RunContext
 from advprior.fooling import map_elites as me
 from advprior.fooling.scoring import SCORE_COLUMNS
-from advprior.stages.fooling import fooling_key
+from advprior.stages.fooling import FOOLING_KEYS, fooling_key
 from advprior.store import ArtifactStore
 from advprior.utils.io import load_torch
 from advprior.validation import ConfigError
@@ -55,7 +55,7 @@ def test_fooling_stage_end_to_end(make_cfg, caplog):
     ctx = RunContext(cfg=cfg, run_dir=run, store=ArtifactStore(cfg.paths.store_dir))
     for source in ("vgg_small", "shallow"):
         for enc in ("cppn", "direct"):
-            out = ctx.store.root / "fooling" / fooling_key(ctx, source, enc)
+            out = ctx.store.root / FOOLING_KEYS[enc].stage / fooling_key(ctx, source, enc)
             elites = pd.read_csv(out / "elites.csv")
             mine = scores[(scores.source == source) & (scores.encoding == enc) & (scores.scored_by == source)]
             assert elites["bin_class"].tolist() == mine["bin_class"].tolist() == list(range(10))

@@ -340,7 +340,7 @@ def test_keys_only_the_schema_declares_have_the_targets_defaults(make_cfg, group
     for raw_node, node in pairs:
         params = inspect.signature(get_object(node._target_)).parameters
         for key in node:
-            if key in raw_node or key in ("frozen", "train"):
+            if key in raw_node or key in ("frozen", "train", "checkpoint"):  # read by the train stage
                 continue
             assert key in params, f"{group}/{option}: {key} is not an argument of {node._target_}"
             default = params[key].default

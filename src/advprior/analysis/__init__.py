@@ -11,9 +11,12 @@ from advprior.analysis.intervals import (
     wilson_interval,
 )
 from advprior.analysis.outcomes import (
+    DERIVED_COLUMNS,
     OUTCOME_COLUMNS,
     OUTCOME_DTYPES,
+    STORED_COLUMNS,
     concat_outcomes,
+    derive_outcomes,
     empty_outcomes,
     outcome_rows,
     read_outcomes,
@@ -24,9 +27,10 @@ from advprior.analysis.similarity import hierarchy_close, weight_similarity_clos
 from advprior.analysis.transfer import TRANSFER_COLUMNS, pivot, transfer_matrix
 
 __all__ = [
-    "ADVERSARIAL_CATEGORIES", "CATEGORIES", "OUTCOME_COLUMNS", "OUTCOME_DTYPES", "TRANSFER_COLUMNS", "Interval",
-    "attack_summary", "bca_interval", "categorize", "categorize_frame", "category_counts", "comparison_metrics",
-    "concat_outcomes", "empty_outcomes", "format_eps", "hierarchy_close", "metric_dict", "model_differences",
-    "outcome_rows", "paired_difference", "pivot", "rate_interval", "read_outcomes", "t_interval", "transfer_gaps",
+    "ADVERSARIAL_CATEGORIES", "CATEGORIES", "DERIVED_COLUMNS", "OUTCOME_COLUMNS", "OUTCOME_DTYPES",
+    "STORED_COLUMNS", "TRANSFER_COLUMNS", "Interval", "attack_summary", "bca_interval", "categorize",
+    "categorize_frame", "category_counts", "comparison_metrics", "concat_outcomes", "derive_outcomes",
+    "empty_outcomes", "format_eps", "hierarchy_close", "metric_dict", "model_differences", "outcome_rows",
+    "paired_difference", "pivot", "rate_interval", "read_outcomes", "t_interval", "transfer_gaps",
     "transfer_matrix", "weight_similarity_close", "wilson_interval", "write_outcomes",
 ]

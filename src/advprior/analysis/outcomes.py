@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from advprior.analysis.categories import CATEGORIES, categorize, to_numpy
+from advprior.analysis.categories import CATEGORIES, categorize, categorize_frame, to_numpy
 from advprior.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,12 @@ OUTCOME_DTYPES: dict[str, Any] = {
 """Column name -> dtype of an outcome frame, in column order."""
 
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(OUTCOME_DTYPES)
+
+DERIVED_COLUMNS: tuple[str, ...] = ("high_confidence", "category")
+"""Columns that depend on summary settings (``high_conf_threshold``, the conatural ``close`` matrix,
+``refocus_min_prob``): the store keeps the others and ``derive_outcomes`` recomputes these."""
+
+STORED_COLUMNS: tuple[str, ...] = tuple(c for c in OUTCOME_COLUMNS if c not in DERIVED_COLUMNS)
 
 
 def _top2(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,10 +179,26 @@ def outcome_rows(
 
 
 def _with_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    # Outcome columns first, in order and with fixed dtypes; extra columns (e.g. "model") are kept after them.
+    # Outcome columns first, in order and with fixed dtypes (derived ones only if present); extra columns
+    # (e.g. "model") are kept after them.
+    cols = [c for c in OUTCOME_COLUMNS if c in df.columns or c not in DERIVED_COLUMNS]
     extra = [c for c in df.columns if c not in OUTCOME_DTYPES]
-    df = df.loc[:, list(OUTCOME_COLUMNS) + extra]
-    return df.astype(OUTCOME_DTYPES).reset_index(drop=True)
+    df = df.loc[:, cols + extra]
+    return df.astype({c: OUTCOME_DTYPES[c] for c in cols}).reset_index(drop=True)
+
+
+def derive_outcomes(
+    df: pd.DataFrame, high_conf_threshold: float = 0.5, close: Any = None, refocus_min_prob: float = 0.05
+) -> pd.DataFrame:
+    """``df`` with ``high_confidence`` and ``category`` (re)computed from the stored columns with these
+    settings (same definitions as ``outcome_rows``); a summary setting never needs the attack rerun."""
+    if not 0.0 <= float(high_conf_threshold) <= 1.0:
+        raise ValueError(f"high_conf_threshold must be in [0, 1], got {high_conf_threshold!r}")
+    _check_columns(df, "df", STORED_COLUMNS)
+    out = df.copy()
+    out["high_confidence"] = out["label_changed"].to_numpy() & (out["adv_top1_prob"].to_numpy() > high_conf_threshold)
+    out["category"] = categorize_frame(out, close=close, refocus_min_prob=refocus_min_prob)
+    return _with_dtypes(out)
 
 
 def empty_outcomes() -> pd.DataFrame:
@@ -194,16 +216,17 @@ def concat_outcomes(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return _with_dtypes(pd.concat(frames, ignore_index=True))
 
 
-def _check_columns(df: pd.DataFrame, what: str) -> None:
-    missing = [c for c in OUTCOME_COLUMNS if c not in df.columns]
+def _check_columns(df: pd.DataFrame, what: str, required: Sequence[str] = OUTCOME_COLUMNS) -> None:
+    missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} is missing outcome columns {missing}; required columns: {list(OUTCOME_COLUMNS)}")
+        raise ValueError(f"{what} is missing outcome columns {missing}; required columns: {list(required)}")
 
 
-def write_outcomes(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write an outcome frame to Parquet (pyarrow) atomically; returns ``path``."""
-    _check_columns(df, "df")
-    df = _with_dtypes(df)
+def write_outcomes(df: pd.DataFrame, path: str | os.PathLike, derived: bool = True) -> Path:
+    """Write an outcome frame to Parquet (pyarrow) atomically; returns ``path``. ``derived=False`` leaves out
+    ``DERIVED_COLUMNS`` (the store's table: they depend on summary settings)."""
+    _check_columns(df, "df", OUTCOME_COLUMNS if derived else STORED_COLUMNS)
+    df = _with_dtypes(df if derived else df.drop(columns=[c for c in DERIVED_COLUMNS if c in df.columns]))
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, engine="pyarrow", index=False)
     log.debug("wrote %d outcome rows to %s", len(df), path)
@@ -211,7 +234,8 @@ def write_outcomes(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def read_outcomes(path: str | os.PathLike) -> pd.DataFrame:
-    """Read an outcome Parquet file; raises ValueError naming any missing columns. Extra columns are kept."""
+    """Read an outcome Parquet file; raises ValueError naming any missing stored column. Derived and extra
+    columns are kept when present (``derive_outcomes`` adds the derived ones)."""
     df = pd.read_parquet(path, engine="pyarrow")
-    _check_columns(df, f"outcome file {str(path)!r}")
+    _check_columns(df, f"outcome file {str(path)!r}", STORED_COLUMNS)
     return _with_dtypes(df)

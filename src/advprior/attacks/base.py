@@ -9,7 +9,12 @@ Design follows torchattacks (``Attack(model)``; subclasses implement ``forward(i
 - gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so nothing accumulates in
   ``param.grad`` and no ``requires_grad`` flag of the model is touched (the autograd engine also skips
   the weight-gradient kernels, since no parameter gradient is requested);
-- outputs are detached and keep the dtype and device of the input images.
+- outputs are detached and keep the dtype and device of the input images; images of another floating
+  dtype than the model's parameters (float16/float64 images, float32 model) are cast for the model's
+  forward pass only (``_forward``), so the perturbation is applied, and its L-inf bound holds, in the
+  images' own dtype;
+- a model that returns NaN or +inf scores, or a NaN input gradient, raises ValueError instead of
+  returning meaningless images.
 """
 from __future__ import annotations
 
@@ -121,6 +126,11 @@ class Attack:
                 f"images must be a floating point tensor in [0,1] pixel space; got dtype {images.dtype}"
                 " (convert uint8 images with images.float() / 255)"
             )
+        if images.ndim == 3:
+            raise ValueError(
+                f"images must be a batch (B, C, H, W); got shape {tuple(images.shape)}, a single (C, H, W) image?"
+                " Add the batch dimension: images.unsqueeze(0) (and labels as a (1,) tensor)"
+            )
         if images.ndim < 2 or images.shape[0] == 0:
             raise ValueError(f"images must be a non-empty batch (B, C, H, W); got shape {tuple(images.shape)}")
         lo, hi = torch.aminmax(images.detach())
@@ -159,10 +169,18 @@ class Attack:
         ``x`` is clean). Must run inside ``_attack_context``.
         """
         x = x.detach().requires_grad_(True)
-        logits = self.model(x)
+        logits = self._forward(x)
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model must return scores of shape (B, num_classes) = ({x.shape[0]}, K); got {shape}")
+        bad = ~(logits.detach() < float("inf"))  # NaN or +inf; -inf is a valid score (an excluded class)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad.any(dim=1)).flatten().tolist()
+            raise ValueError(
+                f"model returned NaN or +inf scores for {len(rows)} of {x.shape[0]} images (first: {rows[:5]}); "
+                "the attack's gradient would be meaningless. Check the model's weights (diverged training?), "
+                "its precision (float16 overflow?) and its input"
+            )
         if labels is None:
             labels = logits.detach().argmax(dim=1)
         else:
@@ -171,7 +189,20 @@ class Attack:
         if targeted:
             loss = -loss  # same expression as torchattacks, so the gradient bits match
         (grad,) = torch.autograd.grad(loss, x)
+        if bool(torch.isnan(grad).any()):
+            raise ValueError(
+                "the loss gradient with respect to the images holds NaN (the model's scores are finite); the "
+                "model has an operation without a gradient at these inputs (e.g. sqrt or log at 0)"
+            )
         return logits.detach(), labels, grad
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's scores for ``x``, cast to the model's floating dtype if it differs (autograd flows
+        back through the cast, so gradients come in ``x``'s dtype)."""
+        param = next(self.model.parameters(), None)
+        if param is not None and param.is_floating_point() and param.dtype != x.dtype:
+            x = x.to(param.dtype)
+        return self.model(x)
 
     @staticmethod
     def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:

@@ -97,7 +97,7 @@ class PGD(Attack):
         if labels is None and self.random_start:
             # Attack the clean prediction, not the prediction at the random start.
             with torch.no_grad():
-                labels = self.model(images).argmax(dim=1)
+                labels = self._forward(images).argmax(dim=1)
         adv = images.clone()
         if self.random_start:
             adv = torch.clamp(adv + self._uniform_noise(adv), min=0, max=1).detach()

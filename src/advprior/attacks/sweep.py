@@ -108,7 +108,7 @@ class FGSMSweep(Attack):
             )
             with torch.no_grad():
                 for k, eps in enumerate(self.epsilons):
-                    adv_logits[k] = self.model(fgsm_step(images, grad_sign, eps))
+                    adv_logits[k] = self._forward(fgsm_step(images, grad_sign, eps))
         return SweepResult(
             epsilons=torch.tensor(self.epsilons, dtype=torch.float64),
             clean_logits=clean_logits,

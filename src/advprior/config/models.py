@@ -54,6 +54,7 @@ class VggSmallConfig:
     batch_norm: bool = True
     frozen: bool = True
     train: Optional[TrainConfig] = field(default_factory=TrainConfig)
+    checkpoint: Optional[str] = None  # a state dict to load (weights_only=True); usually with train=null
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
 
@@ -74,6 +75,7 @@ class ShallowConfig:
     dropout: float = 0.0
     frozen: bool = True
     train: Optional[TrainConfig] = field(default_factory=TrainConfig)
+    checkpoint: Optional[str] = None  # a state dict to load (weights_only=True); usually with train=null
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
 

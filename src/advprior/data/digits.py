@@ -9,7 +9,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 
-from .loaders import make_loader
+from ..identity import tensor_digest
+from .loaders import DataIdentityMixin, make_loader
 
 
 class TensorImageDataset(Dataset):
@@ -24,8 +25,12 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, i: int):
         return self.images[i], int(self.labels[i]), i
 
+    def identity(self) -> dict:
+        """A digest of the images and labels (see ``DataIdentityMixin``)."""
+        return {"arrays": tensor_digest(self.images, self.labels)}
 
-class DigitsDataModule(pl.LightningDataModule):
+
+class DigitsDataModule(DataIdentityMixin, pl.LightningDataModule):
     """The 1,797 digits (10 classes), 8x8 upsampled bilinearly to ``image_size``, in [0,1].
 
     Split: stratified train/val/test from ``seed`` (deterministic). ``channels`` 1 or 3 (replicated).

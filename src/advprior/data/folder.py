@@ -23,6 +23,7 @@ from torchvision import transforms
 
 from advprior.data.imagefiles import (
     CHECKS,
+    IMG_EXTENSIONS,
     ON_BAD_IMAGE,
     ImageFileDataset,
     ImageFileLoader,
@@ -33,7 +34,7 @@ from advprior.data.imagefiles import (
     resolve,
     stable_seed,
 )
-from advprior.data.loaders import check_loader_args
+from advprior.data.loaders import DataIdentityMixin, check_loader_args
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,17 @@ def class_folders(folder: Path) -> list[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
+def class_images(folder: Path) -> list[str]:
+    """The image files of one class folder; an empty one is an error (it would be a class without images)."""
+    files = list_images(folder)
+    if not files:
+        raise ValueError(
+            f"class folder {folder} holds no image files ({', '.join(IMG_EXTENSIONS)}): it would become a class "
+            "that no image belongs to. Add images to it or remove the folder."
+        )
+    return files
+
+
 def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     """(train, val, test) sizes for one class of ``n`` files: val and test rounded, train the rest."""
     n_val = int(np.floor(n * fractions[1] + 0.5))
@@ -55,7 +67,7 @@ def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
-class FolderDataModule(pl.LightningDataModule):
+class FolderDataModule(DataIdentityMixin, pl.LightningDataModule):
     """ImageFolder data as ``(image, label, index)`` batches.
 
     Args:
@@ -161,12 +173,14 @@ class FolderDataModule(pl.LightningDataModule):
         return (self.channels, self.image_size, self.image_size)
 
     # ------------------------------------------------------------------ samples
-    def _folder_samples(self, folder: Path) -> list[Sample]:
+    def _folder_samples(self, folder: Path, train: bool = False) -> list[Sample]:
+        """Samples of one split folder; in the train split every class folder must hold images."""
         index = {c: i for i, c in enumerate(self.class_names)}
         unknown = [c for c in class_folders(folder) if c not in index]
         if unknown:
             raise ValueError(f"{folder}: class folders {unknown[:5]} are not among the train classes")
-        return [(p, index[c]) for c in self.class_names if (folder / c).is_dir() for p in list_images(folder / c)]
+        listing = class_images if train else list_images
+        return [(p, index[c]) for c in self.class_names if (folder / c).is_dir() for p in listing(folder / c)]
 
     def samples(self) -> dict[str, list[Sample]]:
         """``{"train"|"val"|"test": [(path, label), ...]}`` in (class, file name) order, deterministic given ``seed``."""
@@ -176,12 +190,12 @@ class FolderDataModule(pl.LightningDataModule):
                 if not val.is_dir():
                     raise FileNotFoundError(f"{self.root} has train/ but no val/ folder: expected {val}/<class>/...")
                 test = self.root / "test"
-                out = {"train": self._folder_samples(self.root / "train"), "val": self._folder_samples(val)}
+                out = {"train": self._folder_samples(self.root / "train", train=True), "val": self._folder_samples(val)}
                 out["test"] = self._folder_samples(test) if test.is_dir() else out["val"]
             else:
                 out = {s: [] for s in SPLITS}
                 for c, name in enumerate(self.class_names):
-                    files = list_images(self.root / name)
+                    files = class_images(self.root / name)
                     rng = np.random.default_rng(stable_seed(self.seed, name))
                     files = [files[i] for i in rng.permutation(len(files))]
                     n_train, n_val, _ = split_counts(len(files), self.fractions)
@@ -217,10 +231,11 @@ class FolderDataModule(pl.LightningDataModule):
 
     def support_dataset(self, per_class: int | None = None, distributed: bool = False) -> ImageFileDataset:
         """The prior's support set: ``per_class`` (default ``support_per_class``) seeded train picks per class
-        (undecodable picks dropped, not replaced); the whole train split when both are null."""
+        (undecodable picks dropped, not replaced); the whole train split, preflighted (``check``), when both
+        are null: an undecodable file is skipped and counted, never handed to the feature extraction."""
         n = per_class if per_class is not None else self.support_per_class
         if n is None:
-            return self.split("train", distributed)
+            return self._build("support", self.samples()["train"], self.check, distributed)
         if int(n) < 1:
             raise ValueError(f"per_class: got {n}, allowed a positive int or None")
         by_class: list[list[str]] = [[] for _ in self.class_names]

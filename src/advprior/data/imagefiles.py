@@ -30,9 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from advprior.identity import files_digest
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,19 @@ def _validate_choice(name: str, value: str, allowed: Sequence[str]) -> str:
 
 
 def load_image(path: str, mode: str = "RGB") -> Image.Image:
-    """Fully decode ``path`` and convert to ``mode`` (raises whatever PIL raises)."""
+    """Fully decode ``path`` and convert to ``mode`` (raises whatever PIL raises).
+
+    16-bit images (a 16-bit PNG opens as PIL mode ``I;16``; 32-bit integer ``I`` is read as 16-bit data, as
+    PNG and TIFF writers store it) are scaled to 8 bits first: PIL's ``convert`` would clip every value
+    above 255, i.e. turn the image white. Precision beyond 8 bits is dropped, as for every JPEG.
+    """
     with open(path, "rb") as f:
         img = Image.open(f)
-        return img.convert(mode)  # convert() forces the full decode while the file is open
+        img.load()  # the full decode while the file is open
+        if img.mode == "I" or img.mode.startswith("I;16"):
+            wide = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray(np.clip(np.rint(wide * (255 / 65535)), 0, 255).astype(np.uint8))
+        return img.convert(mode)
 
 
 def check_image(path: str, check: str = "decode") -> str | None:
@@ -203,6 +215,12 @@ class ImageFileDataset(Dataset):
     @property
     def paths(self) -> list[str]:
         return [p for p, _ in self.samples]
+
+    def identity(self) -> dict:
+        """The served files (path, label, size, mtime; a stat each, no content read), the PIL mode and the
+        transform (see ``advprior.data.loaders.DataIdentityMixin``)."""
+        return {"files": files_digest(self.samples), "n": len(self.samples), "mode": self.mode,
+                "transform": repr(self.transform)}
 
     @property
     def targets(self) -> list[int]:

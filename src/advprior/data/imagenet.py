@@ -36,7 +36,8 @@ from advprior.data.imagefiles import (
     resolve,
     stable_seed,
 )
-from advprior.data.loaders import check_loader_args
+from advprior.data.loaders import DataIdentityMixin, check_loader_args
+from advprior.identity import stat_identity
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _val_number(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class ImageNetDataModule(pl.LightningDataModule):
+class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
     """ILSVRC2012 validation/train data as ``(image, label, index)`` batches.
 
     Args:
@@ -172,6 +173,7 @@ class ImageNetDataModule(pl.LightningDataModule):
         self._eval: ImageFileDataset | None = None
         self._support: dict[int, ImageFileDataset] = {}
         self._train: ImageFileDataset | None = None
+        self._support_all: ImageFileDataset | None = None
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -202,6 +204,11 @@ class ImageNetDataModule(pl.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
+
+    def extra_identity(self) -> dict:
+        """The devkit files (class order, hierarchy, validation labels) by size and modification time."""
+        files = [self.devkit_data / "meta.mat", self.devkit_data / GROUND_TRUTH_NAME]
+        return {"devkit": stat_identity([f for f in files if f.is_file()])}
 
     @property
     def train_dir(self) -> Path:
@@ -344,10 +351,13 @@ class ImageNetDataModule(pl.LightningDataModule):
 
     def support_dataset(self, per_class: int | None = None) -> ImageFileDataset:
         """The prior's support set: ``per_class`` (default ``support_per_class``) train images per class;
-        the whole (lazily checked) train set when both are null."""
+        the whole train set, preflighted (``check``; undecodable files skipped and counted), when both are null."""
         per_class = per_class if per_class is not None else self.support_per_class
         if per_class is None:
-            return self.train_dataset()
+            if self._support_all is None:  # preflighted: the feature extraction never meets a bad file
+                samples = [(p, c) for c, files in enumerate(self.train_files()) for p in files]
+                self._support_all = self._dataset(samples, "support", self.check, distributed=False)
+            return self._support_all
         if int(per_class) < 1:
             raise ValueError(f"per_class: got {per_class}, allowed a positive int or None")
         if int(per_class) not in self._support:

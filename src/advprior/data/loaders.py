@@ -36,3 +36,39 @@ def check_loader_args(
     for name, value in (subsets or {}).items():
         if value is not None and int(value) < 1:
             raise ValueError(f"{name}: got {value}, allowed a positive int or null (all)")
+
+
+IDENTITY_PARTS = ("fit", "eval", "support")
+
+
+class DataIdentityMixin:
+    """``identity(part)`` for a DataModule with ``split``, ``eval_dataset`` and ``support_dataset``.
+
+    The identity is a JSON-able description of exactly the data a part serves, for store keys: ``"fit"``
+    (the train, val and test splits training and its test accuracy read), ``"eval"`` (``eval_dataset()``,
+    the attack and defense images) or ``"support"`` (``support_dataset(per_class)``, the prior's images).
+    Each dataset describes itself (``identity()``: a digest of in-memory arrays, or of the served files'
+    paths, labels, sizes and modification times plus the transform); the class names and input shape are
+    added, and ``extra_identity()`` (e.g. the ImageNet devkit files). Computed once per DataModule and part.
+    """
+
+    def identity(self, part: str = "fit", per_class: int | None = None) -> dict:
+        cache = self.__dict__.setdefault("_identity_cache", {})
+        if (part, per_class) not in cache:
+            if part == "fit":
+                datasets = [self.split(s) for s in ("train", "val", "test")]
+            elif part == "eval":
+                datasets = [self.eval_dataset()]
+            elif part == "support":
+                datasets = [self.support_dataset(per_class)]
+            else:
+                raise ValueError(f"part: got {part!r}, allowed {list(IDENTITY_PARTS)}")
+            cache[(part, per_class)] = {
+                "module": type(self).__name__, "classes": list(self.class_names),
+                "input_shape": list(self.input_shape), "datasets": [d.identity() for d in datasets],
+                **self.extra_identity(),
+            }
+        return cache[(part, per_class)]
+
+    def extra_identity(self) -> dict:
+        return {}

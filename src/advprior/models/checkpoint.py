@@ -17,12 +17,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}. Check model.checkpoint (or remove it to use no checkpoint).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): an interrupted download or save? Re-download it or re-save it "
+            "with torch.save(model.state_dict(), path)."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/foreign files
+        first = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(
-            f"could not read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "The file may be truncated or not a torch state dict; re-download or re-save it with torch.save(model.state_dict(), path)."
+            f"could not read checkpoint {path} ({type(e).__name__}: {first}). The file may be truncated or not a "
+            "torch state dict; re-download it or re-save it with torch.save(model.state_dict(), path)."
         ) from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -42,9 +48,19 @@ def _strip_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str,
 
 
 def load_state_dict_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load the checkpoint at ``path`` into ``model`` strictly; mismatches raise ``CheckpointError``."""
-    state = _strip_prefix(read_state_dict(path), model)
-    own = model.state_dict()
+    """Load the checkpoint at ``path`` into ``model`` strictly; mismatches raise ``CheckpointError``.
+
+    A state dict of the bare network (e.g. torchvision's own VGG weight file, keys ``features.0.weight``
+    without the ``Classifier``'s ``net.`` prefix) loads into ``model.net``; the normalization buffers keep
+    their values."""
+    raw = read_state_dict(path)
+    target, net = model, getattr(model, "net", None)
+    if isinstance(net, nn.Module):
+        bare = _strip_prefix(raw, net)
+        if set(bare) == set(net.state_dict()) and not set(bare) & set(model.state_dict()):
+            target = net
+    state = _strip_prefix(raw, target)
+    own = target.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -61,5 +77,5 @@ def load_state_dict_into(model: nn.Module, path: str | os.PathLike) -> nn.Module
             f"checkpoint {path} does not fit this model: " + "; ".join(parts)
             + ". Check that model architecture and data.num_classes match the checkpoint."
         )
-    model.load_state_dict(state, strict=True)
+    target.load_state_dict(state, strict=True)
     return model

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from advprior.prior.pca import ResizableBuffersMixin
+from advprior.prior.pca import ResizableBuffersMixin, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ def fit_kde_params(
     counts = torch.as_tensor(counts, dtype=torch.long, device=points.device)
     if counts.shape != (C,) or bool((counts < 1).any()) or bool((counts > n_max).any()):
         raise ValueError(f"counts must be ({C},) with values in [1, {n_max}], got {counts.tolist()[:20]}")
+    valid = torch.arange(n_max, device=points.device)[None, :] < counts[:, None]
+    check_finite(points[valid], "KDE points", "a KDE needs finite support points: drop those rows or fix "
+                 "what produced them (the features, the PCA, the autoencoder)")
+    points = points.masked_fill(~valid[..., None], 0)  # padding rows are never data, whatever they hold
     needs_spread = isinstance(bandwidth, str) or kernel_cov == "full"
     if needs_spread and bool((counts < 2).any()):
         c = int(torch.nonzero(counts < 2)[0])
@@ -145,7 +149,6 @@ def fit_kde_params(
     if kernel_cov == "full" and bool((counts <= k).any()):
         c = int(torch.nonzero(counts <= k)[0])
         raise ValueError(f"class {c} has {int(counts[c])} points; kernel_cov='full' in k={k} dims needs > k")
-    valid = torch.arange(n_max, device=points.device)[None, :] < counts[:, None]
     dt = points.dtype
     mean, cov = _masked_moments(points, counts, valid)
     eye = torch.eye(k, dtype=dt, device=points.device).expand(C, k, k)
@@ -308,6 +311,8 @@ class ClassConditionalKDE(ResizableBuffersMixin, nn.Module):
             queries = queries.unsqueeze(0).expand(lead, -1, -1)
         if queries.ndim != 3 or queries.shape[0] != lead or queries.shape[2] != k:
             raise ValueError(f"queries must be ({lead}, B, {k}) or (B, {k}), got shape {tuple(queries.shape)}")
+        check_finite(queries, "KDE queries", "their density is undefined; check the features they come from "
+                     "(a model emitting NaN/inf, float16 overflow?)")
         return kde_log_density(queries.to(self.points_w_.dtype), *bufs)
 
     def forward(self, queries: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:

@@ -88,6 +88,21 @@ def _check_features_labels(features: torch.Tensor, labels: torch.Tensor) -> None
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    check_finite(features, "features", "check the feature extractor (a diverged model, float16 overflow?) or drop "
+                 "those rows")
+
+
+def check_finite(t: torch.Tensor, name: str, fix: str) -> None:
+    """ValueError naming ``name``, how many rows hold NaN/inf (and which), and ``fix``."""
+    if not t.is_floating_point():
+        return
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.reshape(-1, t.shape[-1]).any(-1)).flatten().tolist() if t.ndim else [0]
+        raise ValueError(
+            f"{name} hold NaN or inf in {len(rows)} row(s) (first: {rows[:5]}, counted over the flattened leading "
+            f"dims of shape {tuple(t.shape)}); {fix}"
+        )
 
 
 class ClassPCA(ResizableBuffersMixin, nn.Module):

@@ -7,7 +7,8 @@ For the target model's high-confidence examples of each category at the figure e
 difference at ``activations.layers`` and the heat map of the filter that changed most (Figures 7 and 8).
 
 Store: ``activations/<activations_key>/layer_change.parquet`` (resumable by shard like the study) and
-``activation_examples/<examples_key>/examples.pt``. Run directory: ``activations/layer_change.parquet``,
+``activation_examples/<examples_key>/examples.pt``. Run directory: ``activations/layer_change.parquet`` (the
+stored rows with the study's ``category`` and ``high_confidence``, derived with the current settings),
 ``layer_change.csv`` (means with 95% BCa intervals), ``examples.csv``; ``figures/activations_*.png``.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..config.errors import fmt
 from ..config.stages import ActivationsConfig
 from ..config.validate import check_node
 from ..context import RunContext
-from ..store import link_into
+from ..keys import AFFECTS, COMMON, CONTENT, IGNORED, KeySpec, data_rules, not_read, register, stage_key
 from ..utils.io import load_torch, save_csv, save_parquet, save_torch
 from ..utils.loggers import log_figure, log_table
 from ..validation import ConfigError
@@ -41,8 +42,8 @@ from .train import make_trainer
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = 1
-STUDY_COLUMNS = ["category", "label_changed", "high_confidence"]
+STUDY_COLUMNS = ["label_changed"]  # stored with the layer table
+DERIVED_STUDY_COLUMNS = ["category", "high_confidence"]  # joined at summary time, with the current settings
 
 
 @dataclass(frozen=True)
@@ -115,19 +116,46 @@ def check_map_layers(ctx: RunContext, layers: list[str]) -> None:
                           f"{[tuple(feats[n].shape) for n in flat]}); heat maps need conv or pool layers")
 
 
+ACTIVATIONS_KEY = register(KeySpec(
+    "activations", inputs=("attack",),
+    code=("stages/activations.py", "analysis/activations.py", "analysis/lit_activations.py", "attacks/"),
+    content=lambda ctx, model: _settings(ctx.cfg)[1],  # the eps values in pixel units (null: the study's)
+    rules=(
+        ("activations.epsilons", CONTENT), ("activations.change_layers", AFFECTS),
+        ("activations.*", IGNORED),  # the figure examples: ACTIVATION_EXAMPLES_KEY
+        # the study's images, labels, eps, models and numerics enter through the attack study's key
+        ("attack.*", IGNORED), ("trainer.*", IGNORED), ("model.*", IGNORED), ("seed", IGNORED),
+        ("target_model", IGNORED), *data_rules(content=IGNORED),
+        *not_read("prior", "defense", "fooling"),
+        *COMMON,
+    ),
+))
+
+ACTIVATION_EXAMPLES_KEY = register(KeySpec(
+    "activation_examples", inputs=("attack",),
+    code=("stages/activations.py", "analysis/activations.py", "analysis/lit_activations.py", "attacks/"),
+    rules=(
+        ("activations.layers", AFFECTS), ("activations.figure_eps", AFFECTS),
+        ("activations.*", IGNORED),  # examples_per_category: through the chosen images (the key's extra)
+        ("attack.figure_eps", AFFECTS),  # the default figure eps
+        ("target_model", AFFECTS),
+        # which images are drawn (thresholds, categories) enters through the chosen indices
+        ("attack.*", IGNORED), ("trainer.*", IGNORED), ("model.*", IGNORED), ("seed", IGNORED),
+        *data_rules(content=IGNORED),
+        *not_read("prior", "defense", "fooling"),
+        *COMMON,
+    ),
+))
+
+
 def activations_key(ctx: RunContext) -> str:
-    """What the per-image layer table depends on: the attack study (models, data, attack settings, seed),
-    the eps values, the layers and the code version."""
-    acfg, eps = _settings(ctx.cfg)
-    return ctx.store.key("activations", {"study": study_key(ctx), "epsilons": eps,
-                                         "change_layers": acfg.change_layers, "version": STAGE_VERSION})
+    """What the per-image layer table depends on: the attack study, the eps values and the layers."""
+    return stage_key(ctx, ACTIVATIONS_KEY)
 
 
-def examples_key(ctx: RunContext, plan: Plan, indices: list[int]) -> str:
-    """The Figure 7/8 data: the study, the target model, the figure eps, the map layers and the examples."""
-    return ctx.store.key("activation_examples", {
-        "study": study_key(ctx), "model": ctx.target_model, "eps": plan.figure_eps, "layers": plan.map_layers,
-        "indices": sorted(indices), "version": STAGE_VERSION})
+def examples_key(ctx: RunContext, indices: list[int]) -> str:
+    """The Figure 7/8 data: the study, the target model, the figure eps, the map layers and the images."""
+    return stage_key(ctx, ACTIVATION_EXAMPLES_KEY, extra={"indices": sorted(indices)})
 
 
 def select_examples(outcomes: pd.DataFrame, model: str, eps: float, n: int) -> pd.DataFrame:
@@ -284,25 +312,28 @@ def run(ctx: RunContext) -> dict[str, float]:
     if not ctx.store.is_done("attack", key):
         log.info("activations: the attack study is not stored yet; running it first")
         attack_study.run(ctx)
-    outcomes = read_outcomes(ctx.store.path("attack", key) / "outcomes.parquet")
+    # categories and high confidence with the current summary settings (never stored: see derive_outcomes)
+    outcomes = attack_study.derived_outcomes(ctx, read_outcomes(ctx.store.path("attack", key) / "outcomes.parquet"))
     chosen = (select_examples(outcomes, ctx.target_model, plan.figure_eps, plan.examples_per_category)
               if plan.examples_per_category else outcomes.iloc[:0].assign(k=0))
     indices = chosen["index"].astype(int).tolist()
-    tkey, ekey = activations_key(ctx), examples_key(ctx, plan, indices)
-    table_dir, ex_dir = ctx.store.path("activations", tkey), ctx.store.path("activation_examples", ekey)
-    table_done, ex_done = ctx.store.is_done("activations", tkey), ctx.store.is_done("activation_examples", ekey)
-    if table_done and ex_done:
-        log.info("activations: reusing layer table %s", table_dir)
-    else:
-        evaluate(ctx, plan, None if table_done else table_dir, None if ex_done else ex_dir, indices)
-        if not table_done:
-            finish_table(table_dir, outcomes)
-            ctx.store.mark_done("activations", tkey)
-        if not ex_done:
-            finish_examples(ex_dir)
-            ctx.store.mark_done("activation_examples", ekey)
-    link_into(table_dir / "layer_change.parquet", ctx.run_dir / "activations" / "layer_change.parquet")
-    table = pd.read_parquet(table_dir / "layer_change.parquet")
-    metrics = summarize(ctx, plan, table, load_torch(ex_dir / "examples.pt"), chosen)
+    with ctx.store.claim("activations", activations_key(ctx)) as table, \
+            ctx.store.claim("activation_examples", examples_key(ctx, indices)) as ex:
+        if table.done and ex.done:
+            log.info("activations: reusing layer table %s", table.dir)
+        else:
+            evaluate(ctx, plan, None if table.done else table.dir, None if ex.done else ex.dir, indices)
+            if not table.done:
+                finish_table(table.dir, outcomes)
+                table.commit()
+            if not ex.done:
+                finish_examples(ex.dir)
+                ex.commit()
+        rows = pd.read_parquet(table.dir / "layer_change.parquet")
+        examples = load_torch(ex.dir / "examples.pt")
+    derived = outcomes[["model", "eps", "index", *DERIVED_STUDY_COLUMNS]]
+    rows = rows.merge(derived, on=["model", "eps", "index"], how="left", validate="many_to_one")
+    save_parquet(rows, ctx.run_dir / "activations" / "layer_change.parquet")
+    metrics = summarize(ctx, plan, rows, examples, chosen)
     ctx.log_metrics(metrics)
     return metrics

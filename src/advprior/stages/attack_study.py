@@ -18,21 +18,44 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..analysis.compare import comparison_metrics, model_differences, transfer_gaps
-from ..analysis.outcomes import read_outcomes, write_outcomes
+from ..analysis.outcomes import derive_outcomes, read_outcomes, write_outcomes
 from ..analysis.rates import attack_summary, category_counts, format_eps, metric_dict
 from ..analysis.similarity import weight_similarity_close
 from ..analysis.transfer import transfer_matrix
 from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards
 from ..context import RunContext
-from ..store import config_without, link_into
+from ..keys import (AFFECTS, COMMON, IGNORED, TRAINER_FIT, TRAINER_OUTPUT, KeySpec, data_rules, not_read, register,
+                    stage_key)
+from ..store import link_into
 from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
-from .train import make_trainer, model_identity
+from .train import make_trainer
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = 1
-DATA_KEYS_IGNORED = {"num_workers", "batch_size", "eval_batch_size", "support_per_class", "pin_memory"}
+ATTACK_KEY = register(KeySpec(
+    "attack", inputs=("models",),
+    code=("stages/attack_study.py", "attacks/", "analysis/outcomes.py", "analysis/categories.py", "data/"),
+    content=lambda ctx, model: ctx.datamodule.identity("eval"),
+    rules=(
+        ("attack.epsilons", AFFECTS), ("attack.scale", AFFECTS), ("attack.labels", AFFECTS),
+        ("attack.transfer", AFFECTS),
+        # recomputed from the stored columns at summary time (derive_outcomes), or summary/figure settings
+        ("attack.high_conf_threshold", IGNORED), ("attack.refocus_min_prob", IGNORED),
+        ("attack.conatural.*", IGNORED), ("attack.figure_eps", IGNORED), ("attack.n_boot", IGNORED),
+        ("attack.grid_samples", IGNORED), ("attack.wandb_table_rows", IGNORED),
+        ("attack.shard_size", IGNORED),  # resumable chunks of the same per-image rows
+        # the table is the same on any number of devices (tested); fit-only and display settings
+        *[(f"trainer.{k}", IGNORED) for k in TRAINER_OUTPUT + TRAINER_FIT + ("devices", "strategy", "num_nodes")],
+        ("trainer.*", AFFECTS),  # accelerator, precision, limit_test_batches (a truncated table), ...
+        ("model.*", IGNORED),  # the models enter through their identities
+        ("seed", IGNORED),  # FGSM is deterministic; the split enters through data.seed
+        *data_rules(),
+        ("target_model", IGNORED),  # only chooses the summary's figures and conatural matrix
+        *not_read("prior", "defense", "fooling", "activations"),
+        *COMMON,
+    ),
+))
 
 
 def epsilons(cfg) -> list[float]:
@@ -43,6 +66,11 @@ def epsilons(cfg) -> list[float]:
     if bad:
         raise ValueError(f"attack.epsilons {bad} fall outside [0,1] after dividing by attack.scale={scale}")
     return eps
+
+
+def eval_batch_size(cfg) -> int:
+    """Images per evaluation batch: ``data.eval_batch_size``, else ``data.batch_size``."""
+    return int(cfg.data.get("eval_batch_size") or cfg.data.batch_size)
 
 
 def use_true_labels(cfg) -> bool:
@@ -82,12 +110,7 @@ def close_matrix(ctx: RunContext) -> torch.Tensor:
 
 
 def study_key(ctx: RunContext) -> str:
-    cfg = ctx.cfg
-    data = config_without(cfg.data, DATA_KEYS_IGNORED)
-    attack = config_without(cfg.attack, ("n_boot", "grid_samples", "figure_eps", "wandb_table_rows", "shard_size"))
-    payload = {"models": {n: model_identity(ctx, n) for n in cfg.model}, "data": data, "attack": attack,
-               "target": ctx.target_model, "seed": int(cfg.seed), "version": STAGE_VERSION}
-    return ctx.store.key("attack", payload)
+    return stage_key(ctx, ATTACK_KEY)
 
 
 def evaluate(ctx: RunContext, out: Path) -> None:
@@ -95,9 +118,8 @@ def evaluate(ctx: RunContext, out: Path) -> None:
     cfg, dm = ctx.cfg, ctx.datamodule
     dataset = dm.eval_dataset()
     n, size = len(dataset), int(cfg.attack.shard_size)
-    close = close_matrix(ctx)
     paths = getattr(dataset, "paths", None)
-    batch = int(cfg.data.get("eval_batch_size") or cfg.data.batch_size)
+    batch = eval_batch_size(cfg)
     for s, start in enumerate(range(0, n, size)):
         shard = out / "shards" / f"{s:05d}"
         if (shard / "outcomes.parquet").is_file() and (shard / "transfer.parquet").is_file():
@@ -105,12 +127,8 @@ def evaluate(ctx: RunContext, out: Path) -> None:
             continue
         if shard.exists():
             shutil.rmtree(shard)
-        module = AttackSweepModule(
-            ctx.models, epsilons(cfg), shard, use_true_labels=use_true_labels(cfg),
-            high_conf_threshold=float(cfg.attack.high_conf_threshold),
-            refocus_min_prob=float(cfg.attack.refocus_min_prob), close=close,
-            transfer=bool(cfg.attack.transfer), paths=paths,
-        )
+        module = AttackSweepModule(ctx.models, epsilons(cfg), shard, use_true_labels=use_true_labels(cfg),
+                                   transfer=bool(cfg.attack.transfer), paths=paths)
         loader = DataLoader(Subset(dataset, range(start, min(n, start + size))), batch_size=batch,
                             num_workers=int(cfg.data.get("num_workers", 0)))
         trainer = make_trainer(ctx, "attack", 1, logger=False, inference_mode=False, callbacks=[])
@@ -124,7 +142,7 @@ def evaluate(ctx: RunContext, out: Path) -> None:
     parts = sorted((out / "shards").glob("*/outcomes.parquet"))
     outcomes = pd.concat([read_outcomes(p) for p in parts], ignore_index=True)
     transfer = pd.concat([pd.read_parquet(p.with_name("transfer.parquet")) for p in parts], ignore_index=True)
-    write_outcomes(outcomes, out / "outcomes.parquet")
+    write_outcomes(outcomes, out / "outcomes.parquet", derived=False)  # derived columns: at summary time
     save_parquet(transfer, out / "transfer.parquet")
     shutil.rmtree(out / "shards")
 
@@ -144,11 +162,22 @@ def images_fn(ctx: RunContext, model_name: str, eps: float):
     return fn
 
 
+def derived_outcomes(ctx: RunContext, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The stored outcome table with ``high_confidence`` and ``category`` computed with the current
+    ``attack.high_conf_threshold``, ``refocus_min_prob`` and ``conatural`` settings."""
+    a = ctx.cfg.attack
+    return derive_outcomes(outcomes, float(a.high_conf_threshold), close_matrix(ctx), float(a.refocus_min_prob))
+
+
 def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -> dict[str, float]:
-    """Tables, figures and metrics from the stored outcomes."""
+    """Tables, figures and metrics from the stored outcomes; ``high_confidence`` and ``category`` are
+    computed here with the current ``attack.high_conf_threshold``, ``refocus_min_prob`` and ``conatural``
+    settings, and the full table is written to the run's ``attack/outcomes.parquet``."""
     from ..report import figures
 
     cfg, run = ctx.cfg, ctx.run_dir
+    outcomes = derived_outcomes(ctx, outcomes)
+    write_outcomes(outcomes, run / "attack" / "outcomes.parquet")
     n_boot, seed = int(cfg.attack.n_boot), int(cfg.seed)
     fig_eps = paper_eps(cfg)
     adir, fdir = run / "attack", run / "figures"
@@ -208,15 +237,14 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
 
 
 def run(ctx: RunContext) -> dict[str, float]:
-    key = study_key(ctx)
-    out = ctx.store.path("attack", key)
-    if ctx.store.is_done("attack", key):
-        log.info("attack: reusing outcomes %s", out)
-    else:
-        evaluate(ctx, out)
-        ctx.store.mark_done("attack", key)
-    link_into(out / "outcomes.parquet", ctx.run_dir / "attack" / "outcomes.parquet")
-    link_into(out / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
-    metrics = summarize(ctx, read_outcomes(out / "outcomes.parquet"), pd.read_parquet(out / "transfer.parquet"))
+    with ctx.store.claim("attack", study_key(ctx)) as art:
+        if art.done:
+            log.info("attack: reusing outcomes %s", art.dir)
+        else:
+            evaluate(ctx, art.dir)
+            art.commit()
+        outcomes, transfer = read_outcomes(art.dir / "outcomes.parquet"), pd.read_parquet(art.dir / "transfer.parquet")
+        link_into(art.dir / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
+    metrics = summarize(ctx, outcomes, transfer)
     ctx.log_metrics(metrics)
     return metrics

@@ -19,11 +19,13 @@ from ..analysis.intervals import rate_interval
 from ..analysis.rates import format_eps
 from ..attacks import FGSM, PGD, FGSMSweep
 from ..context import RunContext
+from ..keys import AFFECTS, COMMON, IGNORED, KeySpec, data_rules, not_read, register, stage_key
 from ..prior import BayesianPriorClassifier
 from ..store import link_into
 from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
-from .attack_study import epsilons, use_true_labels
+from . import prior_fit  # the prior's KeySpec is an input of the defense's
+from .attack_study import epsilons, eval_batch_size, use_true_labels
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
     cfg = ctx.cfg
     base, defended = ctx.models[ctx.target_model], defended_model(ctx)
     eps_list = epsilons(cfg)
-    loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=int(cfg.data.get("eval_batch_size") or 64))
+    loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=eval_batch_size(cfg))
     rows = []
     for x, y, idx in loader:
         target = y if use_true_labels(cfg) else None  # the same labels as the attack study
@@ -173,19 +175,33 @@ def panel_images(ctx: RunContext, df: pd.DataFrame, n: int) -> tuple[list[torch.
     return images, titles
 
 
-def defense_key(ctx: RunContext) -> str:
-    """What the per-image defense results depend on: the prior (and through it the model and data), the
-    evaluation images, the eps list, the attacked labels, the posterior's settings and the attacks."""
-    from omegaconf import OmegaConf
+DEFENSE_KEY = register(KeySpec(
+    "defense", inputs=("prior",),
+    code=("stages/defense.py", "prior/posterior.py", "attacks/", "data/"),
+    content=lambda ctx, model: ctx.datamodule.identity("eval"),
+    rules=(
+        ("attack.epsilons", AFFECTS), ("attack.scale", AFFECTS), ("attack.labels", AFFECTS),
+        ("attack.*", IGNORED),  # high_conf_threshold, figure_eps: applied at summary time; the rest: the study
+        ("prior.weight", AFFECTS), ("prior.top_k", AFFECTS),
+        ("prior.*", IGNORED),  # the fitted prior enters through its key
+        ("defense.adaptive.*", AFFECTS),
+        ("defense.panels", IGNORED),
+        ("seed", AFFECTS),  # PGD's random start
+        ("trainer.accelerator", AFFECTS), ("trainer.precision", AFFECTS),  # numerics of every forward pass
+        ("trainer.*", IGNORED),
+        *data_rules(affects=("batch_size", "eval_batch_size")),  # the first image of a batch seeds its PGD start
+        ("target_model", AFFECTS),  # the base model (its identity enters through the prior's key)
+        ("model.*", IGNORED),
+        *not_read("fooling", "activations"),
+        *COMMON,
+    ),
+))
 
-    from .prior_fit import prior_key
-    cfg = ctx.cfg
-    return ctx.store.key("defense", {
-        "prior": prior_key(ctx), "eval_subset": cfg.data.get("eval_subset"), "epsilons": epsilons(cfg),
-        "true_labels": use_true_labels(cfg), "weight": float(cfg.prior.weight), "top_k": cfg.prior.get("top_k"),
-        "adaptive": OmegaConf.to_container(cfg.defense.adaptive, resolve=True), "seed": int(cfg.seed),
-        "version": 1,
-    })
+
+def defense_key(ctx: RunContext) -> str:
+    """What the per-image defense results depend on: ``DEFENSE_KEY``'s settings, the evaluation images and
+    the prior's key (and through it the features, the target model and its data)."""
+    return stage_key(ctx, DEFENSE_KEY)
 
 
 def run(ctx: RunContext) -> dict[str, float]:
@@ -193,18 +209,16 @@ def run(ctx: RunContext) -> dict[str, float]:
 
     cfg, dcfg = ctx.cfg, ctx.cfg.defense
     if ctx.target_model not in ctx.priors:
-        from . import prior_fit
         prior_fit.run(ctx)
-    key = defense_key(ctx)
-    out = ctx.store.path("defense", key)
-    if ctx.store.is_done("defense", key):
-        log.info("defense: reusing per-image results %s", out)
-    else:
-        save_parquet(evaluate_defense(ctx), out / "outcomes.parquet")
-        ctx.store.mark_done("defense", key)
-    df = pd.read_parquet(out / "outcomes.parquet")
     ddir = ctx.run_dir / "defense"
-    link_into(out / "outcomes.parquet", ddir / "outcomes.parquet")
+    with ctx.store.claim("defense", defense_key(ctx)) as art:
+        if art.done:
+            log.info("defense: reusing per-image results %s", art.dir)
+        else:
+            save_parquet(evaluate_defense(ctx), art.dir / "outcomes.parquet")
+            art.commit()
+        df = pd.read_parquet(art.dir / "outcomes.parquet")
+        link_into(art.dir / "outcomes.parquet", ddir / "outcomes.parquet")
     summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
     save_csv(summary, ddir / "summary.csv")
     metrics: dict[str, float] = {}

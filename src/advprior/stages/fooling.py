@@ -12,7 +12,6 @@ The search is not data-parallel: under DDP rank 0 runs it and the other ranks wa
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import zlib
@@ -24,20 +23,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..context import RunContext
 from ..config.validate import check_fooling_models, check_node
+from ..context import RunContext
 from ..fooling.config import ENCODINGS, FoolingConfig, resolve_device
 from ..fooling.encodings import build_encoding
 from ..fooling.map_elites import EliteArchive, class_probabilities, map_elites
 from ..fooling.scoring import fooling_summary, score_elites
+from ..keys import AFFECTS, COMMON, IGNORED, KeySpec, data_rules, not_read, register, stage_key
 from ..store import link_into
 from ..utils.io import load_torch, save_csv, save_json, save_torch
 from ..utils.loggers import log_figure, log_table
-from .train import model_identity
 
 log = logging.getLogger(__name__)
-
-STAGE_VERSION = 1
 
 
 def fooling_config(ctx: RunContext) -> FoolingConfig:
@@ -47,20 +44,35 @@ def fooling_config(ctx: RunContext) -> FoolingConfig:
     return fcfg
 
 
+def _fooling_spec(encoding: str) -> KeySpec:
+    """What the elites evolved on a source with ``encoding`` depend on: the source's weights (its identity),
+    the render size, the search budget, that encoding's settings and the seed. Not the targets, thresholds,
+    figures or checkpoint interval (which never change the archive), nor the other encoding's settings."""
+    others = [e for e in ENCODINGS if e != encoding]
+    return register(KeySpec(
+        f"fooling_{encoding}", per_model=True, inputs=("model",),
+        code=("stages/fooling.py", "fooling/", "config/fooling.py"),
+        rules=(
+            *[(f"fooling.{o}.*", IGNORED) for o in others],
+            ("fooling.encodings", IGNORED), ("fooling.sources", IGNORED), ("fooling.targets", IGNORED),
+            ("fooling.thresholds", IGNORED), ("fooling.n_resamples", IGNORED), ("fooling.grid_samples", IGNORED),
+            ("fooling.checkpoint_every", IGNORED),  # resumable checkpoints of the same search
+            ("fooling.*", AFFECTS),  # population, generations, batch size, device, this encoding's settings
+            ("seed", AFFECTS),
+            *data_rules(affects=("image_size", "channels"), content=IGNORED),  # the render size
+            ("trainer.*", IGNORED),  # the search runs the model itself, in float32
+            ("model.*", IGNORED),  # the source enters through its identity
+            ("target_model", IGNORED), *not_read("attack", "prior", "defense", "activations"),
+            *COMMON,
+        ),
+    ))
+
+
+FOOLING_KEYS: dict[str, KeySpec] = {e: _fooling_spec(e) for e in ENCODINGS}
+
+
 def fooling_key(ctx: RunContext, source: str, encoding: str) -> str:
-    """What the elites evolved on ``source`` with ``encoding`` depend on: the source's weights (its identity),
-    the image shape and classes, the search budget, that encoding's settings and the seed. Not the targets,
-    thresholds, figures or checkpoint interval (which never change the archive)."""
-    fcfg = fooling_config(ctx)
-    dm = ctx.datamodule
-    return ctx.store.key("fooling", {
-        "source": source, "model": model_identity(ctx, source), "input_shape": list(dm.input_shape),
-        "num_classes": int(dm.num_classes), "encoding": encoding,
-        "settings": dataclasses.asdict(getattr(fcfg, encoding)),
-        "search": {"population": fcfg.population, "generations": fcfg.generations, "batch_size": fcfg.batch_size,
-                   "device": fcfg.device},
-        "seed": int(ctx.cfg.seed), "version": STAGE_VERSION,
-    })
+    return stage_key(ctx, FOOLING_KEYS[encoding], model=source)
 
 
 def search_seeds(seed: int, source: str, encoding: str) -> list[np.random.SeedSequence]:
@@ -72,11 +84,17 @@ def evolve(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str) -> 
     """Run (or resume, or reuse) the search of ``source`` x ``encoding``; returns its store directory holding
     ``elites.pt`` (``images`` (K, C, H, W) float in [0, 1], ``bins`` (K,)), ``genomes.json``, ``elites.csv``
     (the source's scores during the search) and ``progress.csv``."""
-    key = fooling_key(ctx, source, encoding)
-    out = ctx.store.path("fooling", key)
-    if ctx.store.is_done("fooling", key):
-        log.info("fooling: reusing the %s elites of %s (%s)", encoding, source, out)
-        return out
+    with ctx.store.claim(FOOLING_KEYS[encoding].stage, fooling_key(ctx, source, encoding)) as art:
+        if art.done:
+            log.info("fooling: reusing the %s elites of %s (%s)", encoding, source, art.dir)
+        else:
+            search(ctx, fcfg, source, encoding, art)
+        return art.dir
+
+
+def search(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str, art) -> None:
+    """The MAP-Elites search into ``art.dir`` (resuming its checkpoint), committed when done."""
+    out = art.dir
     model = ctx.models[source]
     device = resolve_device(fcfg, model)
     sel, enc_seed = search_seeds(int(ctx.cfg.seed), source, encoding)
@@ -90,9 +108,8 @@ def evolve(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str) -> 
     seconds = time.perf_counter() - t0
     save_elites(out, archive, encoding_obj)
     (out / "checkpoint.pt").unlink(missing_ok=True)
-    ctx.store.mark_done("fooling", key, meta={"evaluations": archive.evaluations, "search_seconds": seconds})
+    art.commit({"evaluations": archive.evaluations, "search_seconds": seconds})
     log.info("fooling: %s/%s evolved in %.1f s (%d evaluations)", source, encoding, seconds, archive.evaluations)
-    return out
 
 
 def save_elites(out: Path, archive: EliteArchive, encoding) -> None:
@@ -171,7 +188,7 @@ def run(ctx: RunContext) -> dict[str, float]:
         if len(scorers) == 1:
             log.warning("fooling: no model besides %s scores its elites; add one to fooling.targets", source)
         for enc in fcfg.encodings:
-            out = ctx.store.path("fooling", fooling_key(ctx, source, enc))
+            out = ctx.store.path(FOOLING_KEYS[enc].stage, fooling_key(ctx, source, enc))
             saved = load_torch(out / "elites.pt")
             elites[(source, enc)] = (saved["images"], saved["bins"].tolist())
             with moved_to(list(scorers.values()), resolve_device(fcfg, ctx.models[source])):

@@ -1,27 +1,24 @@
 """Stage ``prior``: fit the paper's class-conditional prior p(r|y,x) on the target model's support features.
 
 fc6 features of ``data.support_per_class`` training images per class (cached, resumable) -> per-class PCA ->
-per-class autoencoders (one batched LightningModule) -> per-class Gaussian KDE. Cached by config hash.
+per-class autoencoders (one batched LightningModule) -> per-class Gaussian KDE. Both cached in the store
+(``features``, ``prior``), keyed as ``FEATURES_KEY`` and ``PRIOR_KEY`` declare.
 """
 from __future__ import annotations
 
 import logging
+import shutil
 
 import torch
-from omegaconf import OmegaConf
 
 from ..context import RunContext
+from ..keys import AFFECTS, COMMON, CONTENT, IGNORED, KeySpec, data_rules, not_read, register, stage_key
 from ..prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior, fit_class_prior
 from ..prior.features import extract_features
-from ..store import config_without
 from ..utils.io import load_torch, save_torch
-from .train import model_identity
+from .attack_study import eval_batch_size
 
 log = logging.getLogger(__name__)
-
-STAGE_VERSION = 1
-FIT_KEYS = ("feature_layer", "n_components", "bottleneck", "depth", "negative_slope", "bandwidth",
-            "kernel_cov", "cv_folds", "ae")
 
 
 def support_per_class(ctx: RunContext) -> int | None:
@@ -29,19 +26,47 @@ def support_per_class(ctx: RunContext) -> int | None:
     return int(v) if v is not None else ctx.cfg.data.get("support_per_class")
 
 
+FEATURES_KEY = register(KeySpec(
+    "features", inputs=("target_model",),
+    code=("stages/prior_fit.py", "prior/features.py", "data/"),
+    content=lambda ctx, model: ctx.datamodule.identity("support", per_class=support_per_class(ctx)),
+    rules=(
+        ("target_model", AFFECTS), ("prior.feature_layer", AFFECTS),
+        ("prior.support_per_class", CONTENT),  # which images: through the support set's identity
+        ("prior.*", IGNORED),  # shard_size: resumable chunks of the same rows; the rest is the fit
+        ("trainer.accelerator", AFFECTS), ("trainer.precision", AFFECTS),  # numerics of the forward pass
+        ("trainer.*", IGNORED),
+        ("model.*", IGNORED),  # the target model enters through its identity
+        ("seed", IGNORED),  # a forward pass; the support choice enters through data.seed
+        *data_rules(),
+        *not_read("attack", "defense", "fooling", "activations"),
+        *COMMON,
+    ),
+))
+
+PRIOR_KEY = register(KeySpec(
+    "prior", inputs=("features",),
+    code=("stages/prior_fit.py", "prior/pca.py", "prior/autoencoder.py", "prior/kde.py", "prior/class_prior.py"),
+    rules=(
+        ("prior.n_components", AFFECTS), ("prior.bottleneck", AFFECTS), ("prior.depth", AFFECTS),
+        ("prior.negative_slope", AFFECTS), ("prior.bandwidth", AFFECTS), ("prior.kernel_cov", AFFECTS),
+        ("prior.cv_folds", AFFECTS), ("prior.ae.*", AFFECTS),
+        ("prior.*", IGNORED),  # feature_layer, support_per_class: through the features; weight, top_k: the defense
+        ("seed", AFFECTS),  # autoencoder init and batches, KDE cross-validation folds
+        ("trainer.*", IGNORED),  # the autoencoders train on their own CPU Trainer
+        ("target_model", IGNORED), ("model.*", IGNORED), *data_rules(content=IGNORED),  # through the features
+        *not_read("attack", "defense", "fooling", "activations"),
+        *COMMON,
+    ),
+))
+
+
 def features_key(ctx: RunContext) -> str:
-    cfg = ctx.cfg
-    data = config_without(cfg.data, ("num_workers", "batch_size", "eval_batch_size", "eval_subset", "val_subset",
-                                     "pin_memory"))
-    return ctx.store.key("features", {"model": model_identity(ctx, ctx.target_model), "data": data,
-                                      "per_class": support_per_class(ctx), "layer": cfg.prior.feature_layer,
-                                      "version": STAGE_VERSION})
+    return stage_key(ctx, FEATURES_KEY)
 
 
 def prior_key(ctx: RunContext) -> str:
-    p = OmegaConf.to_container(ctx.cfg.prior, resolve=True)
-    return ctx.store.key("prior", {"features": features_key(ctx), "fit": {k: p.get(k) for k in FIT_KEYS},
-                                   "seed": int(ctx.cfg.seed), "version": STAGE_VERSION})
+    return stage_key(ctx, PRIOR_KEY)
 
 
 def empty_prior(num_classes: int, pcfg) -> ClassPrior:
@@ -56,30 +81,39 @@ def empty_prior(num_classes: int, pcfg) -> ClassPrior:
 
 def load_support_features(ctx: RunContext) -> dict[str, torch.Tensor]:
     cfg, dm = ctx.cfg, ctx.datamodule
-    key = features_key(ctx)
-    out = ctx.store.path("features", key)
-    if ctx.store.is_done("features", key):
-        return load_torch(out / "features.pt")
-    feats = extract_features(
-        ctx.models[ctx.target_model], dm.support_dataset(support_per_class(ctx)), cfg.prior.feature_layer,
-        out / "shards", batch_size=int(cfg.data.get("eval_batch_size") or cfg.data.batch_size),
-        shard_size=int(cfg.prior.shard_size), num_workers=int(cfg.data.get("num_workers", 0)),
-    )
-    save_torch(feats, out / "features.pt")
-    ctx.store.mark_done("features", key, meta={"n": len(feats["labels"]), "dim": feats["features"].shape[1]})
-    return feats
+    with ctx.store.claim("features", features_key(ctx)) as art:
+        if art.done:
+            return load_torch(art.dir / "features.pt")
+        feats = extract_features(
+            ctx.models[ctx.target_model], dm.support_dataset(support_per_class(ctx)), cfg.prior.feature_layer,
+            art.dir / "shards", batch_size=eval_batch_size(cfg),
+            shard_size=int(cfg.prior.shard_size), num_workers=int(cfg.data.get("num_workers", 0)),
+        )
+        save_torch(feats, art.dir / "features.pt")
+        shutil.rmtree(art.dir / "shards")  # features.pt holds every shard: keep (and checksum) one copy
+        art.commit({"n": len(feats["labels"]), "dim": feats["features"].shape[1]})
+        return feats
 
 
 def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
+    with ctx.store.claim("prior", prior_key(ctx)) as art:
+        if art.done:
+            log.info("prior: reusing fitted prior %s", art.dir)
+            prior = empty_prior(ctx.datamodule.num_classes, ctx.cfg.prior)
+            prior.load_state_dict(load_torch(art.dir / "prior.pt"))
+            return prior.freeze(), art.meta
+        prior, meta = fit_prior(ctx)
+        save_torch(prior.state_dict(), art.dir / "prior.pt")
+        art.commit(meta)
+    log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f",
+             100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"], meta["prior/ae_recon_loss"])
+    return prior, meta
+
+
+def fit_prior(ctx: RunContext) -> tuple[ClassPrior, dict]:
+    """Fit the prior on the support features (cached) and describe it (the stage's metrics)."""
     cfg, pcfg = ctx.cfg, ctx.cfg.prior
-    key = prior_key(ctx)
-    out = ctx.store.path("prior", key)
     num_classes = ctx.datamodule.num_classes
-    if ctx.store.is_done("prior", key):
-        log.info("prior: reusing fitted prior %s", out)
-        prior = empty_prior(num_classes, pcfg)
-        prior.load_state_dict(load_torch(out / "prior.pt"))
-        return prior.freeze(), ctx.store.read_meta("prior", key)
     feats = load_support_features(ctx)
     bw = pcfg.bandwidth
     prior = fit_class_prior(
@@ -102,10 +136,6 @@ def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
         "prior/support_log_density_mean": float(own.mean()),
         "prior/bandwidth_mean": float(prior.kde.bandwidth_.float().mean()),
     }
-    save_torch(prior.state_dict(), out / "prior.pt")
-    ctx.store.mark_done("prior", key, meta=meta)
-    log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f",
-             100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"], meta["prior/ae_recon_loss"])
     return prior, meta
 
 

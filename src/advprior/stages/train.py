@@ -1,9 +1,11 @@
-"""Stage ``train``: build every configured model; train the small ones (cached by config hash)."""
+"""Stage ``train``: build every configured model; train the small ones (cached in the store, keyed as ``TRAIN_KEY``
+declares; a model not trained here is identified as ``PRETRAINED_KEY`` declares)."""
 from __future__ import annotations
 
 import inspect
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,53 +13,100 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..context import RunContext
+from ..identity import weights_digest
+from ..keys import (AFFECTS, COMMON, CONTENT, IGNORED, TRAINER_OUTPUT, TRAINER_VALIDATION, KeySpec, data_rules,
+                    model_key, not_read, register)
+from ..models.checkpoint import load_state_dict_into
 from ..models.classifier import Classifier
 from ..models.lit_classifier import ClassifierModule
-from ..store import config_without, link_into
+from ..models.vgg import ARCHS, hub_weights_path
+from ..store import link_into
 from ..utils.io import load_torch, save_torch
 from ..utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = 1
-# Data keys that change how data is served, not what a model learns from.
-DATA_KEYS_IGNORED = {"num_workers", "eval_batch_size", "eval_subset", "support_per_class", "pin_memory"}
-
 
 def build_model(mcfg: DictConfig, datamodule: Any) -> Classifier:
-    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data."""
+    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data; a
+    ``checkpoint`` the builder does not take itself is loaded after building (``weights_only=True``)."""
     spec = OmegaConf.to_container(mcfg, resolve=True)
     spec.pop("train", None)
     spec.pop("frozen", None)
     fn = instantiate({"_target_": spec["_target_"], "_partial_": True})
     params = inspect.signature(fn.func).parameters
+    checkpoint = None if "checkpoint" in params else spec.pop("checkpoint", None)
     c, h, _ = datamodule.input_shape
     for k, v in (("num_classes", datamodule.num_classes), ("in_channels", c), ("image_size", h)):
         if k in params and k not in spec:
             spec[k] = v
-    return instantiate(spec)
+    model = instantiate(spec)
+    if checkpoint:
+        load_state_dict_into(model, checkpoint)
+    return model
 
 
-# Trainer keys that do not change the trained weights.
-TRAINER_KEYS_IGNORED = {"enable_progress_bar", "log_every_n_steps", "num_sanity_val_steps", "limit_val_batches",
-                        "limit_test_batches", "enable_model_summary", "default_root_dir"}
+def model_identity(ctx: RunContext, name: str) -> str:
+    """A key for model ``name``'s weights: its training key (``TRAIN_KEY``), or when not trained here its
+    config and the content of its weight file (``PRETRAINED_KEY``)."""
+    return model_key(ctx, name)
 
 
-def model_key_payload(name: str, mcfg: DictConfig, cfg: DictConfig) -> dict:
-    """Everything the trained weights depend on: model, data, trainer settings (epochs, batch limits,
-    precision, devices...) and the seed."""
-    data = config_without(cfg.data, DATA_KEYS_IGNORED)
-    trainer = config_without(cfg.trainer, TRAINER_KEYS_IGNORED)
-    return {"model": OmegaConf.to_container(mcfg, resolve=True), "data": data, "trainer": trainer,
-            "seed": int(cfg.seed), "version": STAGE_VERSION}
+def weights_file(mcfg: DictConfig) -> Path | None:
+    """The file a pretrained model's weights come from: its checkpoint, or torchvision's hub file."""
+    if mcfg.get("checkpoint"):
+        return Path(str(mcfg.checkpoint)).expanduser()
+    if mcfg.get("weights") == "imagenet" and mcfg.get("arch") in ARCHS:
+        return hub_weights_path(str(mcfg.arch))
+    return None
 
 
-def model_identity(ctx: RunContext, name: str) -> object:
-    """What determines model ``name``'s weights: its training key, or its config if not trained here."""
-    mcfg = ctx.cfg.model[name]
-    if mcfg.get("train") is None:
-        return OmegaConf.to_container(mcfg, resolve=True)
-    return ctx.store.key("train", model_key_payload(name, mcfg, ctx.cfg))
+def pretrained_weights(ctx: RunContext, name: str) -> dict:
+    """Content identity of a model not trained here: its weight file's hash, or what its random init
+    depends on (seed, class count, input shape)."""
+    path = weights_file(ctx.cfg.model[name])
+    if path is not None:
+        return {"weights": weights_digest(path, ctx.store.weights_cache)}
+    dm = ctx.datamodule
+    return {"random_init": {"seed": int(ctx.cfg.seed), "num_classes": dm.num_classes,
+                            "input_shape": list(dm.input_shape)}}
+
+
+TRAIN_KEY = register(KeySpec(
+    "train", per_model=True,
+    code=("stages/train.py", "models/", "data/", "utils/seeding.py"),
+    content=lambda ctx, model: ctx.datamodule.identity("fit"),
+    rules=(
+        ("model.{model}.frozen", IGNORED),  # eval mode, no parameter gradients after training: same weights
+        ("model.{model}.*", AFFECTS),
+        ("model.*", IGNORED),  # the other models
+        ("seed", AFFECTS),  # initialization, dropout, shuffling
+        *data_rules(affects=("batch_size", "seed")),  # seed: the split (content) and the shuffling
+        *[(f"trainer.{k}", IGNORED) for k in TRAINER_OUTPUT + TRAINER_VALIDATION],
+        ("trainer.*", AFFECTS),  # epochs, batch limits, precision, devices...; limit_test_batches: the test accuracy
+        ("target_model", IGNORED), *not_read("attack", "prior", "defense", "fooling", "activations"),
+        *COMMON,
+    ),
+))
+
+PRETRAINED_KEY = register(KeySpec(
+    "pretrained", per_model=True,
+    code=("models/",),
+    content=lambda ctx, model: pretrained_weights(ctx, model),
+    rules=(
+        ("model.{model}.frozen", IGNORED),
+        ("model.{model}.allow_download", IGNORED),  # where the file comes from, not what it holds
+        ("model.{model}.checkpoint", CONTENT),
+        ("model.{model}.weights", CONTENT),
+        ("model.{model}.*", AFFECTS),
+        ("model.*", IGNORED),
+        ("seed", CONTENT),  # a random init's weights
+        *data_rules(),  # only the class count and input shape of a random init
+        ("trainer.*", IGNORED),  # nothing is trained; the stages that run the model declare precision etc.
+        ("target_model", IGNORED), *not_read("attack", "prior", "defense", "fooling", "activations"),
+        *COMMON,
+    ),
+))
 
 
 def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl.Trainer:
@@ -77,6 +126,27 @@ def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl
     return instantiate(ctx.cfg.trainer, **kwargs)
 
 
+def fit_model(ctx: RunContext, name: str, model: Classifier) -> dict:
+    """Train ``model`` in place as ``model.<name>.train`` says; returns its test metrics."""
+    cfg, dm = ctx.cfg, ctx.datamodule
+    tcfg = cfg.model[name].train
+    module = ClassifierModule(model, instantiate(tcfg.optimizer), frozen=False, name=name,
+                              lr_schedule=tcfg.get("lr_schedule"))
+    epochs = int(cfg.trainer.get("max_epochs") or tcfg.epochs)
+    trainer = make_trainer(ctx, name, epochs)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - t0
+    res = trainer.test(module, datamodule=dm, verbose=False)[0]
+    metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
+               f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
+               f"train/{name}/fit_seconds": seconds,
+               f"train/{name}/epochs": epochs}
+    log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
+             epochs, seconds)
+    return metrics
+
+
 def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
     """The trained (or pretrained, frozen) model ``name`` and its metrics, reusing a cached result."""
     cfg, dm = ctx.cfg, ctx.datamodule
@@ -87,31 +157,16 @@ def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
         if mcfg.get("frozen", True):
             model.freeze()
         return model, {}
-    key = model_identity(ctx, name)
-    out = ctx.store.path("train", key)
-    if ctx.store.is_done("train", key):
-        log.info("model %s: reusing trained weights %s", name, out)
-        model.load_state_dict(load_torch(out / "model.pt"))
-        metrics = ctx.store.read_meta("train", key)
-    else:
-        tcfg = mcfg.train
-        module = ClassifierModule(model, instantiate(tcfg.optimizer), frozen=False, name=name,
-                                  lr_schedule=tcfg.get("lr_schedule"))
-        epochs = int(cfg.trainer.get("max_epochs") or tcfg.epochs)
-        trainer = make_trainer(ctx, name, epochs)
-        t0 = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        seconds = time.perf_counter() - t0
-        res = trainer.test(module, datamodule=dm, verbose=False)[0]
-        metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
-                   f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
-                   f"train/{name}/fit_seconds": seconds,
-                   f"train/{name}/epochs": epochs}
-        save_torch(model.state_dict(), out / "model.pt")
-        ctx.store.mark_done("train", key, meta=metrics)
-        log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
-                 epochs, seconds)
-    link_into(out / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
+    with ctx.store.claim("train", model_identity(ctx, name)) as art:
+        if art.done:
+            log.info("model %s: reusing trained weights %s", name, art.dir)
+            model.load_state_dict(load_torch(art.dir / "model.pt"))
+            metrics = art.meta
+        else:
+            metrics = fit_model(ctx, name, model)
+            save_torch(model.state_dict(), art.dir / "model.pt")
+            art.commit(metrics)
+        link_into(art.dir / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
     model.eval()
     if mcfg.get("frozen", True):
         model.freeze()
