@@ -198,7 +198,9 @@ def environment_tables(run: RunData) -> list[Table]:
 
 def timing_table(run: RunData) -> Table | None:
     # The report's own time is recorded after the report is written: leaving it out keeps rebuilds identical.
-    secs = {k: v for k, v in run.stage_seconds().items() if k != "report"}
+    stored = {k: v for k, v in run.stage_seconds().items() if k != "report"}
+    order = [s for s in STAGE_SECTIONS if s in stored] + sorted(s for s in stored if s not in STAGE_SECTIONS)
+    secs = {s: stored[s] for s in order}
     if not secs:
         return None
     t = Table("Time per stage", ["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in secs.items()],

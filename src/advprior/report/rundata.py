@@ -105,7 +105,7 @@ class RunData:
         return dict((self.config.get("model") or {}).get(name) or {})
 
     def stage_seconds(self) -> dict[str, float]:
-        """``time/<stage>_seconds`` from metrics.json, in the order stored."""
+        """``time/<stage>_seconds`` from metrics.json (stage -> seconds)."""
         out = {}
         for k, v in self.metrics.items():
             if k.startswith("time/") and k.endswith("_seconds") and is_number(v):

@@ -18,7 +18,7 @@ from ..utils.io import atomic_write
 from .figures import _new_figure, save_figure
 from .headlines import Headline, format_value, headline_rows
 from .html import REPORT_FILE, Figure, environment, png_data_uri
-from .rundata import is_number
+from .rundata import RunData, is_number
 from .tables import Table
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,16 @@ def parameter_figure(jobs: list[Job], param: str, keys: list[str]):
             continue
         scale = 100.0 if pts[0][4] in ("%", "pp") else 1.0
         x, y, el, eh, _ = map(np.array, zip(*pts))
-        ax.errorbar(x, y * scale, yerr=[el * scale, eh * scale], marker="o", capsize=3)
+        # a point estimate can sit outside a percentile interval: no negative bar
+        ax.errorbar(x, y * scale, yerr=[np.maximum(el, 0) * scale, np.maximum(eh, 0) * scale], marker="o", capsize=3)
         h0 = next(j.headlines[key] for j in jobs if key in j.headlines)
         ax.set_title(h0.quantity, fontsize=8, wrap=True)
         ax.set_xlabel(param)
         ax.set_ylabel({"%": "%", "pp": "percentage points"}.get(h0.unit, "value"))
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
+        elif min(x) > 0 and max(x) / min(x) >= 10:  # a geometric grid (1, 4, 16...) reads best on a log axis
+            ax.set_xscale("log")
     fig.suptitle(f"headline values against {param} (95% intervals)")
     return fig
 
@@ -155,7 +158,7 @@ def build_sweep_report(sweep_dir: str | Path) -> Path:
     # Every headline key in the table: those that change first, then the rest.
     keys = varying + [k for k in dict.fromkeys(k for j in jobs for k in j.headlines) if k not in varying]
     html = environment().get_template("sweep.html.j2").render(
-        title=f"advprior sweep report: {sweep_dir.parent.name}/{sweep_dir.name}", sweep_name=sweep_dir.name,
+        title=f"advprior sweep report: {RunData(jobs[0].dir).config.get('task_name', 'run')}", sweep_name=sweep_dir.name,
         params=params, table=sweep_table(jobs, params, keys), figures=figures,
         jobs=[(j.name, f"{j.name}/{REPORT_FILE}" if (j.dir / REPORT_FILE).is_file() else None) for j in jobs],
         n_varying=len(varying))

@@ -30,7 +30,8 @@ class Table:
 
 
 def is_rate_column(col: str) -> bool:
-    return bool(RATE_COLUMN.search(col))
+    """A fraction shown as a percentage (``n``/``n_*`` columns are counts)."""
+    return not (col == "n" or col.startswith("n_")) and bool(RATE_COLUMN.search(col))
 
 
 def format_cell(col: str, v: Any) -> str:
@@ -75,7 +76,8 @@ def frame_table(df: pd.DataFrame, title: str, columns: Iterable[str] | None = No
 def mapping_table(values: Mapping[str, Any], title: str, key_header: str = "metric", note: str = "") -> Table:
     """A two-column table of ``key -> value``."""
     rows = [[k, format_cell(k, v)] for k, v in values.items()]
-    return Table(title, [key_header, "value"], rows, note, [False, True])
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+    return Table(title, [key_header, "value"], rows, note, [False, numeric])
 
 
 def pivot_metrics(metrics: Mapping[str, Any], prefix: str) -> pd.DataFrame | None:

@@ -97,6 +97,20 @@ def define_axes(run) -> None:
         run.define_metric(pattern, step_metric="epoch")
 
 
+def keep_previous_csv(lcfg: DictConfig) -> None:
+    """A CSV logger with a fixed ``version`` reuses its directory; when a resumed run finds it non-empty, move
+    the earlier logs to ``<dir>.<k>`` (Lightning would otherwise warn and delete them)."""
+    if lcfg.get("version") is None:  # auto-incremented versions never collide
+        return
+    d = Path(lcfg.save_dir) / str(lcfg.get("name") or "") / str(lcfg.version)
+    if d.is_dir() and any(d.iterdir()):
+        k = 1
+        while d.with_name(f"{d.name}.{k}").exists():
+            k += 1
+        d.rename(d.with_name(f"{d.name}.{k}"))
+        log.info("csv logger: kept the earlier logs of this run directory in %s", d.with_name(f"{d.name}.{k}"))
+
+
 def build_loggers(cfg: DictConfig, run_dir: str | Path, group: str | None = None,
                   sweep: Mapping[str, str] | None = None) -> dict[str, Logger]:
     """Instantiate ``cfg.logger`` (a dict name -> logger config) into Lightning loggers; a W&B logger gets
@@ -108,6 +122,8 @@ def build_loggers(cfg: DictConfig, run_dir: str | Path, group: str | None = None
         kwargs: dict[str, Any] = {}
         if "Wandb" in str(lcfg.get("_target_", "")):
             kwargs["experiment"] = start_wandb_run(lcfg, cfg, run_dir, group, sweep)
+        elif "CSVLogger" in str(lcfg.get("_target_", "")):
+            keep_previous_csv(lcfg)
         # `config` is also instantiate()'s own first parameter: pass extras to the partial instead
         loggers[name] = instantiate(lcfg, _partial_=True)(**kwargs)
     return loggers
