@@ -90,3 +90,24 @@ def test_the_default_debug_run_is_quiet(tmp_path):
     r = run_cli(tmp_path, ["debug=fast"])
     assert r.returncode == 0, r.stderr[-3000:]
     check_quiet(r.stdout, r.stderr, r.run_dir, ["train", "attack", "prior", "defense", "report"])
+
+
+def test_progress_yields_every_item_with_or_without_a_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from advprior.utils import progress as p
+
+    batches = [(list(range(n)), n) for n in (3, 5, 2)]
+    assert list(p.progress(iter(batches), total=10, desc="x", unit="img", count=p.batch_images)) == batches
+    out = io.StringIO()
+    monkeypatch.setattr(p, "Console", lambda stderr=True: Console(file=out, force_terminal=True, width=120))
+    assert list(p.progress(iter(batches), total=10, desc="scoring", unit="img", count=p.batch_images)) == batches
+    assert "scoring" in out.getvalue() and "img/s" in out.getvalue()
+    assert p.lightning_progress(True)["enable_progress_bar"] is True
+    p.configure(False)
+    try:
+        assert p.lightning_progress(True) == {"enable_progress_bar": False, "callbacks": []}
+    finally:
+        p.configure(True)

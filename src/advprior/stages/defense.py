@@ -22,6 +22,7 @@ from ..prior import BayesianPriorClassifier
 from ..store import link_into
 from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
+from ..utils.progress import batch_images, progress
 from .attack_study import epsilons, use_true_labels
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
     eps_list = epsilons(cfg)
     loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=int(cfg.data.get("eval_batch_size") or 64))
     rows = []
-    for x, y, idx in loader:
+    for x, y, idx in progress(loader, total=len(loader.dataset), desc="defense", unit="img", count=batch_images):
         target = y if use_true_labels(cfg) else None  # the same labels as the attack study
         rows.append(defense_batch(base, defended, x, y, idx, eps_list, cfg.defense, target, int(cfg.seed)))
     return pd.concat(rows, ignore_index=True)

@@ -52,6 +52,15 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
             bar.advance(task, count(item) if count is not None else 1)
 
 
-def batch_size(batch: Any) -> int:
+def batch_images(batch: Any) -> int:
     """The number of images of a ``(images, labels, ...)`` batch (for ``count=``)."""
     return len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+
+
+def lightning_progress(enabled: bool = True) -> dict[str, Any]:
+    """Trainer arguments for Lightning's loops: a Rich bar (``callbacks``) when bars are shown, else no bar at
+    all (``enable_progress_bar=False``: not Lightning's default tqdm bar either, e.g. in a log file)."""
+    if not (enabled and _enabled and _rank_zero() and Console(stderr=True).is_terminal):
+        return {"enable_progress_bar": False, "callbacks": []}
+    from pytorch_lightning.callbacks import RichProgressBar
+    return {"enable_progress_bar": True, "callbacks": [RichProgressBar(console_kwargs={"stderr": True})]}
