@@ -35,6 +35,7 @@ class Section:
     """One stage's part of the report."""
 
     id: str
+    nav: str       # the short name in the page's navigation bar
     title: str
     intro: str
     tables: list[Table] = field(default_factory=list)
@@ -62,7 +63,7 @@ def figure_list(paths: list[Path], stage: str) -> list[Figure]:
 # ----------------------------------------------------------------------------- one function per stage
 
 def train_section(run: RunData) -> Section:
-    s = Section("train", "Models", "The models of this run: trained here (on the training split) or loaded "
+    s = Section("train", "Models", "Models", "The models of this run: trained here (on the training split) or loaded "
                 "frozen; accuracy on the test split.")
     df = pivot_metrics(run.metrics, "train")
     if df is not None:
@@ -72,7 +73,7 @@ def train_section(run: RunData) -> Section:
 
 
 def attack_section(run: RunData) -> Section:
-    s = Section("attack", "FGSM study (paper sections 4.1, 4.3, 4.4)",
+    s = Section("attack", "FGSM study", "FGSM study (paper sections 4.1, 4.3, 4.4)",
                 "FGSM on every model's evaluation images, eps in [0,1] pixel units shown on the 0-255 scale. "
                 "Rates with 95% bootstrap intervals. label_changed_rate: adversarial top-1 differs from the clean "
                 "top-1; high_conf_rate: label changed with adversarial top-1 probability > 0.5; fooling_rate: label "
@@ -104,7 +105,7 @@ def attack_section(run: RunData) -> Section:
 
 
 def prior_section(run: RunData) -> Section:
-    s = Section("prior", "Bayesian prior (paper section 6)", "fc6 features of the support images -> per-class "
+    s = Section("prior", "Prior", "Bayesian prior (paper section 6)", "fc6 features of the support images -> per-class "
                 "PCA -> per-class autoencoder -> per-class Gaussian KDE of the codes: p(r | y, x).")
     values = {k.split("/", 1)[1]: v for k, v in run.metrics.items() if k.startswith("prior/")}
     if values:
@@ -118,7 +119,7 @@ DEFENSE_BASE = ["eps_255", "n", "base_clean_acc", "post_clean_acc", "base_adv_ac
 
 
 def defense_section(run: RunData) -> Section:
-    s = Section("defense", "Defense: posterior ∝ p(y|x) p(r|y,x) (paper section 7)",
+    s = Section("defense", "Defense", "Defense: posterior ∝ p(y|x) p(r|y,x) (paper section 7)",
                 "The base model and the posterior on clean images and on FGSM examples crafted against the base "
                 "model (the paper's setting). mitigation_rate: among high-confidence adversarial examples, the share "
                 "whose posterior top-1 is no longer the adversarial label; recovery_rate: the share back at the true "
@@ -138,7 +139,7 @@ def defense_section(run: RunData) -> Section:
 
 
 def fooling_section(run: RunData) -> Section:
-    s = Section("fooling", "Fooling images (paper section 4.2)", "Images evolved (CPPN or direct encoding) to be "
+    s = Section("fooling", "Fooling images", "Fooling images (paper section 4.2)", "Images evolved (CPPN or direct encoding) to be "
                 "classified with high confidence by the source model, scored by every model.")
     df = run.table("fooling/summary.csv")
     if df is not None:
@@ -151,7 +152,7 @@ def fooling_section(run: RunData) -> Section:
 
 
 def activations_section(run: RunData) -> Section:
-    s = Section("activations", "Activation differences (paper section 5)", "Relative change of each layer's "
+    s = Section("activations", "Activations", "Activation differences (paper section 5)", "Relative change of each layer's "
                 "activations between an image and its adversarial example, by depth.")
     df = run.table("activations/layer_change.csv")
     if df is not None:
@@ -170,7 +171,7 @@ STAGE_SECTIONS = {"train": train_section, "attack": attack_section, "prior": pri
 
 def other_figures(run: RunData) -> Section:
     """Figures of stages this report has no section for (``figures/<stage>_*.png``)."""
-    s = Section("other", "Other figures", "")
+    s = Section("other", "Other figures", "Other figures", "")
     for p in sorted((run.run_dir / "figures").glob("*.png")):
         if p.stem.split("_", 1)[0] not in STAGE_SECTIONS:
             s.figures.append(Figure(p.stem.replace("_", " "), png_data_uri(p)))

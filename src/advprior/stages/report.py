@@ -4,8 +4,6 @@ table (and each headline value in the run summary), the per-eps series of the at
 rebuilds the same page."""
 from __future__ import annotations
 
-import logging
-
 import pytorch_lightning as pl
 
 from ..context import RunContext
@@ -14,7 +12,6 @@ from ..report.html import build_report
 from ..report.rundata import RunData, is_number
 from ..utils.loggers import log_artifact, log_series, log_summary, log_table
 
-log = logging.getLogger(__name__)
 
 ATTACK_SERIES = ("clean_acc", "adv_acc", "label_changed_rate", "high_conf_rate", "fooling_rate",
                  "mean_second_prob_high_conf")
