@@ -99,6 +99,7 @@ def test_progress_yields_every_item_with_or_without_a_terminal(monkeypatch):
 
     from advprior.utils import progress as p
 
+    monkeypatch.setattr(p, "_enabled", True)  # an earlier run_task (debug=fast) may have switched bars off
     batches = [(list(range(n)), n) for n in (3, 5, 2)]
     assert list(p.progress(iter(batches), total=10, desc="x", unit="img", count=p.batch_images)) == batches
     out = io.StringIO()
@@ -107,7 +108,4 @@ def test_progress_yields_every_item_with_or_without_a_terminal(monkeypatch):
     assert "scoring" in out.getvalue() and "img/s" in out.getvalue()
     assert p.lightning_progress(True)["enable_progress_bar"] is True
     p.configure(False)
-    try:
-        assert p.lightning_progress(True) == {"enable_progress_bar": False, "callbacks": []}
-    finally:
-        p.configure(True)
+    assert p.lightning_progress(True) == {"enable_progress_bar": False, "callbacks": []}
