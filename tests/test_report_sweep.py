@@ -85,3 +85,20 @@ def test_a_two_job_multirun_writes_the_sweep_report(tmp_path):
     runs = [read_offline_run(next((sweep / j / "wandb").glob("offline-run-*"))) for j in ("0", "1")]
     assert runs[0]["group"] == runs[1]["group"] == f"run-{sweep.name}"
     assert [r["config"]["sweep"] for r in runs] == [{"seed": "0"}, {"seed": "1"}]
+
+
+def test_two_swept_parameters_give_a_figure_each_with_a_line_per_setting_of_the_other(tmp_path):
+    sweep = make_sweep(tmp_path, weights=(1, 4, 1, 4))
+    for i, job in enumerate(sorted(p for p in sweep.iterdir() if p.is_dir())):
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"prior.weight={(1, 4, 1, 4)[i]}",
+                                                                       f"prior.bandwidth={('scott', 'scott', 0.5, 0.5)[i]}"]))
+    build_sweep_report(sweep)
+    assert {p.name for p in (sweep / "figures").iterdir()} == {"sweep_prior.weight.png", "sweep_prior.bandwidth.png"}
+    from advprior.report.sweep import load_jobs, parameter_figure, swept_keys, varying_headlines
+
+    jobs = load_jobs(sweep)
+    assert swept_keys(jobs) == ["prior.weight", "prior.bandwidth"]
+    fig = parameter_figure(jobs, "prior.weight", varying_headlines(jobs)[:1], ["prior.bandwidth"])
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["prior.bandwidth=0.5", "prior.bandwidth=scott"]
+    assert [len(c.lines[0].get_xdata()) for c in ax.containers] == [2, 2]   # one errorbar line per bandwidth

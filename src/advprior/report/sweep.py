@@ -2,7 +2,7 @@
 
 One row per job (its swept parameters, then its headline values with intervals, and a link to the job's own
 report), and for each swept parameter one figure: every headline value that changes across the jobs, against
-that parameter, with its 95% interval.
+that parameter (a line per setting of the other swept parameters), with its 95% interval.
 """
 from __future__ import annotations
 
@@ -86,9 +86,9 @@ def varying_headlines(jobs: list[Job]) -> list[str]:
     return sorted(spread, key=lambda k: -spread[k])
 
 
-def parameter_figure(jobs: list[Job], param: str, keys: list[str]):
-    """One panel per headline key: its value (with the 95% interval) against ``param``; a numeric parameter
-    on a numeric axis, any other in the jobs' order."""
+def parameter_figure(jobs: list[Job], param: str, keys: list[str], others: list[str]):
+    """One panel per headline key: its value (with the 95% interval) against ``param``, one line per setting
+    of the ``others`` swept parameters; a numeric parameter on a numeric axis, any other in the jobs' order."""
     xs_raw = [j.overrides.get(param) for j in jobs]
     numeric = all(_as_float(x) is not None for x in xs_raw)
     labels = list(dict.fromkeys(str(x) for x in xs_raw))
@@ -100,7 +100,7 @@ def parameter_figure(jobs: list[Job], param: str, keys: list[str]):
     for ax in axes[n:]:
         ax.axis("off")
     for ax, key in zip(axes, keys):
-        pts = []
+        lines: dict[str, list] = {}
         for j, x in zip(jobs, xs_raw):
             h = j.headlines.get(key)
             if h is None or not is_number(h.value):
@@ -108,21 +108,24 @@ def parameter_figure(jobs: list[Job], param: str, keys: list[str]):
             xv = _as_float(x) if numeric else labels.index(str(x))
             lo = h.low if h.low is not None else h.value
             hi = h.high if h.high is not None else h.value
-            pts.append((xv, h.value, h.value - lo, hi - h.value, h.unit))
-        pts.sort()
-        if not pts:
-            continue
-        scale = 100.0 if pts[0][4] in ("%", "pp") else 1.0
-        x, y, el, eh, _ = map(np.array, zip(*pts))
-        # a point estimate can sit outside a percentile interval: no negative bar
-        ax.errorbar(x, y * scale, yerr=[np.maximum(el, 0) * scale, np.maximum(eh, 0) * scale], marker="o", capsize=3)
+            label = ", ".join(f"{q}={j.overrides.get(q)}" for q in others)
+            lines.setdefault(label, []).append((xv, h.value, h.value - lo, hi - h.value))
         h0 = next(j.headlines[key] for j in jobs if key in j.headlines)
+        scale = 100.0 if h0.unit in ("%", "pp") else 1.0
+        for label, pts in lines.items():
+            x, y, el, eh = map(np.array, zip(*sorted(pts)))
+            # a point estimate can sit outside a percentile interval: no negative bar
+            ax.errorbar(x, y * scale, yerr=[np.maximum(el, 0) * scale, np.maximum(eh, 0) * scale], marker="o",
+                        capsize=3, label=label or None)
+        if others and lines:
+            ax.legend(fontsize=7)
         ax.set_title(h0.quantity, fontsize=8, wrap=True)
         ax.set_xlabel(param)
         ax.set_ylabel({"%": "%", "pp": "percentage points"}.get(h0.unit, "value"))
+        xs = [_as_float(x) for x in xs_raw] if numeric else []
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
-        elif min(x) > 0 and max(x) / min(x) >= 10:  # a geometric grid (1, 4, 16...) reads best on a log axis
+        elif min(xs) > 0 and max(xs) / min(xs) >= 10:  # a geometric grid (1, 4, 16...) reads best on a log axis
             ax.set_xscale("log")
     fig.suptitle(f"headline values against {param} (95% intervals)")
     return fig
@@ -152,7 +155,7 @@ def build_sweep_report(sweep_dir: str | Path) -> Path:
     figures = []
     for p in params:
         if varying:
-            path = save_figure(parameter_figure(jobs, p, varying[:MAX_PANELS]),
+            path = save_figure(parameter_figure(jobs, p, varying[:MAX_PANELS], [q for q in params if q != p]),
                                sweep_dir / "figures" / f"{FIGURE_PREFIX}{p.replace('/', '_')}.png")
             figures.append(Figure(f"against {p}", png_data_uri(path)))
     # Every headline key in the table: those that change first, then the rest.
