@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 
 from ..utils.io import atomic_write
+from ..utils.multirun import override_dict
 from .figures import _new_figure, save_figure
 from .headlines import Headline, format_value, headline_rows
 from .html import REPORT_FILE, Figure, environment, png_data_uri
@@ -48,12 +49,7 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def job_overrides(job_dir: Path) -> dict[str, str]:
     path = job_dir / ".hydra" / "overrides.yaml"
-    out = {}
-    if path.is_file():
-        for o in yaml.safe_load(path.read_text()) or []:
-            key, _, value = str(o).partition("=")
-            out[key.lstrip("+~")] = value
-    return out
+    return override_dict(yaml.safe_load(path.read_text()) or []) if path.is_file() else {}
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:

@@ -49,6 +49,15 @@ class MultirunSummary(Callback):
 
 # ----------------------------------------------------------------------------- sweep report
 
+def override_dict(overrides: list[str]) -> dict[str, str]:
+    """Hydra override strings (``a.b=1``, ``+c=x``, ``~d``) as ``{key: value}``."""
+    out = {}
+    for o in overrides:
+        key, _, value = str(o).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
 def swept_parameters(hc: Any) -> dict[str, str]:
     """This job's values of the parameters its sweep varies (``HydraConfig.get()`` of a multirun job).
 
@@ -58,10 +67,7 @@ def swept_parameters(hc: Any) -> dict[str, str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    job = {}
-    for o in hc.overrides.task:
-        key, _, value = str(o).partition("=")
-        job[key.lstrip("+~")] = value
+    job = override_dict(list(hc.overrides.task))
     path = Path(hc.sweep.dir) / "multirun.yaml"
     if not path.is_file():
         return job
