@@ -10,7 +10,7 @@ help:
 	@echo "make run       - set up .venv if needed, run the pipeline on the embedded default (digits)"
 	@echo "make test      - set up .venv if needed, run the fast test suite (not 'slow')"
 	@echo "make test-all  - every test, including slow ones"
-	@echo "make bench     - the benchmark scripts in scripts/"
+	@echo "make bench     - every scripts/bench_*.py -> benchmarks/results.md (BENCH_ARGS=--quick: tiny settings)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
+# Every scripts/bench_*.py -> benchmarks/results.{md,json}; BENCH_ARGS="--quick" for a check that they run,
+# BENCH_ARGS="--readme README.md" to refresh the README's benchmark table.
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_fgsm.py
-	$(BIN)/python scripts/bench_prior.py --classes 100
+	$(BIN)/python scripts/bench_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ is shared and noisy). Example::
 
     python scripts/bench_fgsm.py                                  # small VGG-style net, 32x32, CPU
     python scripts/bench_fgsm.py --model vgg19 --device cuda      # torchvision VGG-19, 224x224, batch 8
+    python scripts/bench_fgsm.py --quick --json out.json          # tiny settings; rows as JSON (make bench)
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torchvision import models as tvm
 from advprior.attacks import FGSM, FGSMSweep
 from advprior.attacks.base import eval_mode, fgsm_step
 from advprior.models.classifier import Classifier
+from advprior.utils.bench import BenchRow, write_results
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,7 +93,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (CPU); 1 is far less noisy on a loaded shared host")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the measured ratios here (advprior.utils.bench format)")
+    ap.add_argument("--quick", action="store_true", help="2 repeats, batch 4: checks that the script runs")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.overhead_repeats, args.batch_size = 2, 2, args.batch_size or 4
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1; got {args.repeats}")
     if args.threads is not None:
@@ -222,6 +228,23 @@ def main() -> None:
           f"{speedup2:.2f}x of medians, "
           f"{paired('8 x (clean eval + FGSM + eval)', 'FGSMSweep K=8 (+ eval)'):.2f}x median paired  [target >= 3x]")
     print(f"  op-count bound K(fb+2f)/(fb+Kf): {ideal2:.2f}x")
+    if args.json:
+        paired_overhead = (paired("FGSM attack", "bare fwd+bwd (input grad)") - 1) * 100
+        paired_same = paired("8 x (clean eval + FGSM + eval)", "FGSMSweep K=8 (+ eval)")
+        paired_sweep = paired("8 x (FGSM + eval)", "FGSMSweep K=8 (+ eval)")
+        rows = [
+            BenchRow("FGSM vs a bare forward+backward (median paired overhead)", paired_overhead, "%", "<= 5%",
+                     paired_overhead <= 5, f"medians {med['FGSM attack'] * 1e3:.2f} vs {fb * 1e3:.2f} ms"),
+            BenchRow("FGSM's own work alone (checks, modes, step) / bare pass", med["FGSM extras alone"] / fb * 100,
+                     "%", detail=f"{med['FGSM extras alone'] * 1e3:.3f} ms"),
+            BenchRow(f"FGSMSweep K={k} vs {k} x (clean eval + FGSM + eval), the same outputs (median paired)",
+                     paired_same, "x", ">= 3x", paired_same >= 3, f"op-count bound {ideal2:.2f}x; medians {speedup2:.2f}x"),
+            BenchRow(f"FGSMSweep K={k} vs {k} x (FGSM + eval), no clean logits (median paired)", paired_sweep, "x",
+                     detail=f"op-count bound {ideal:.2f}x (fb/f = {fb / f:.2f}); medians {speedup:.2f}x"),
+        ]
+        write_results(args.json, "bench_fgsm", rows, settings={
+            "model": args.model, "batch": bs, "side": side, "device": str(device), "threads": torch.get_num_threads(),
+            "repeats": reps, "quick": args.quick})
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,8 @@ Loops that would take too long are timed on a subset of classes and extrapolated
 Random ImageNet-shaped data: ReLU'd Gaussian fc6 features. Times are medians over --repeats.
 
     python scripts/bench_prior.py                      # 1000 classes, D=4096, d=128, k=8, 300 per class
-    python scripts/bench_prior.py --classes 100        # quick
+    python scripts/bench_prior.py --classes 100        # quicker
+    python scripts/bench_prior.py --quick --json out.json   # tiny settings, no VGG-19; rows as JSON (make bench)
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from advprior.prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior
 from advprior.prior.autoencoder import fit_autoencoder
+from advprior.utils.bench import BenchRow, write_results
 
 
 def timeit(fn, repeats: int, warmup: int = 0) -> float:
@@ -73,6 +75,30 @@ class Threads:
         torch.set_num_threads(self.old)
 
 
+def bench_rows(rows: list[tuple[str, str, float, str, float, str]]) -> list[BenchRow]:
+    """The printed comparisons as ``BenchRow``s: reference time / ours as a ratio (x), except the prior's cost
+    per image, a percentage of VGG-19's (target <= 10% for the forward pass). Rows without a measured reference
+    (``--skip-vgg``) are left out."""
+    out, task, ours = [], "", ""
+    for t, a, ta, b, tb, note in rows:
+        task, a = t or task, a or ours  # an empty cell continues the row above
+        ours = a
+        if not (tb == tb and ta > 0):  # NaN reference: not measured
+            continue
+        name = f"{task}: {a} vs {b}"
+        detail = f"{ta:.4g} s vs {tb:.4g} s" + (f"; {note}" if note else "")
+        if "prior / image" in task:
+            frac = 100 * ta / tb
+            fwd_only = "fwd+bwd" not in a
+            out.append(BenchRow(name, frac, "%", "<= 10%" if fwd_only else None, frac <= 10 if fwd_only else None,
+                                detail))
+        elif task.startswith("AE train") and "Lightning" in a:
+            out.append(BenchRow(name, tb / ta, "x", ">= 3x", tb / ta >= 3, detail))
+        else:
+            out.append(BenchRow(name, tb / ta, "x", detail=detail))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", type=int, default=1000)
@@ -94,7 +120,13 @@ def main() -> None:
                     help="comma-separated intra-op thread counts to try per contender (default: 1,<torch default>)")
     ap.add_argument("--skip-vgg", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the measured ratios here (advprior.utils.bench format)")
+    ap.add_argument("--quick", action="store_true",
+                    help="20 classes, D=256, d=16, k=4, 40 per class, 1 repeat, no VGG-19: checks that the script runs")
     args = ap.parse_args()
+    if args.quick:
+        args.classes, args.dim, args.components, args.bottleneck, args.support = 20, 256, 16, 4, 40
+        args.repeats, args.loop_classes, args.skip_vgg, args.kde_queries = 1, 4, True, 16
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     from sklearn.decomposition import PCA
@@ -266,6 +298,11 @@ def main() -> None:
         rows.append(("", f"ClassPrior fwd+bwd to fc6 [{th_pg}t]", t_pg,
                      f"VGG-19 fwd+bwd to input, B={Bv} [{th_vg}t]", t_vgg_g,
                      f"prior = {100 * t_pg / t_vgg_g:.1f}% of VGG fwd+bwd"))
+
+    if args.json:
+        write_results(args.json, "bench_prior", bench_rows(rows), settings={
+            "classes": C, "dim": D, "components": d, "bottleneck": k, "support": n, "repeats": R,
+            "loop_classes": L, "threads_tried": ths, "device": str(dev), "quick": args.quick})
 
     # ---------------------------------------------------------------- table
     print()

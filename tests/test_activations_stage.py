@@ -170,6 +170,8 @@ def test_settings_are_checked_against_the_study_and_the_models(make_cfg):
         with pytest.raises(ConfigError, match=message):
             plan([override])
     assert plan(["activations.layers=[]", "activations.epsilons=[8]"]).examples_per_category == 0
+    # a target with none of the heat-map layers (softmax regression): no examples, the table still runs
+    assert plan(["model=[shallow]"]).examples_per_category == 0
 
 
 def _evaluate(out: Path, strategy: str, devices: int) -> tuple[pd.DataFrame, dict]:

@@ -19,7 +19,9 @@ STAGES: dict[str, str] = {
     "defense": "advprior.stages.defense",
     "fooling": "advprior.stages.fooling",
     "activations": "advprior.stages.activations",
+    "report": "advprior.stages.report",   # last: it only reads what the others stored
 }
+ALWAYS = ("train", "report")  # train: the other stages need the models; report: every run directory gets one
 
 
 def stage_fn(name: str) -> Callable[[RunContext], dict]:
@@ -29,11 +31,12 @@ def stage_fn(name: str) -> Callable[[RunContext], dict]:
 
 
 def run_pipeline(ctx: RunContext) -> dict:
-    """Run ``ctx.cfg.stages`` (in pipeline order; ``train`` is always run first as others need models)."""
+    """Run ``ctx.cfg.stages`` in pipeline order (``train`` always first as others need models, ``report``
+    always last)."""
     wanted = list(ctx.cfg.get("stages") or STAGES)
     for name in wanted:
         stage_fn(name)  # validate every name before any work
-    order = [s for s in STAGES if s in wanted or s == "train"]
+    order = [s for s in STAGES if s in wanted or s in ALWAYS]
     for name in order:
         t0 = time.perf_counter()
         log.info("stage %s: start", name)

@@ -112,7 +112,7 @@ class TargetConfig:
 class WandbLoggerConfig:
     open_keys: ClassVar[bool] = True  # any other WandbLogger / wandb.init argument passes through
 
-    _target_: str = "pytorch_lightning.loggers.WandbLogger"
+    _target_: str = "advprior.utils.loggers.RunWandbLogger"
     project: str = "advprior"
     name: Optional[str] = None
     save_dir: str = "."
@@ -157,4 +157,5 @@ class PathsConfig:
 
 @dataclass
 class ExtrasConfig:
-    rich_progress: bool = True
+    rich_progress: bool = True   # progress bars while a loop runs, on a terminal only
+    print_config: bool = False   # print the config tree at start (always saved as config_tree.txt, config.yaml)

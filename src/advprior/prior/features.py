@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..utils.io import load_torch, save_torch
+from ..utils.progress import batch_images, progress
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def extract_features(
         feats, labels, idx = [], [], []
         loader = DataLoader(Subset(dataset, range(start, min(n, start + shard_size))), batch_size=batch_size,
                             num_workers=num_workers)
-        for x, y, i in loader:
+        for x, y, i in progress(loader, total=len(loader.dataset), desc=f"features ({layer}), shard {s}", unit="img",
+                                count=batch_images):
             f = model.features(x.to(device), [layer])[layer].flatten(1)
             feats.append(f.float().cpu())
             labels.append(torch.as_tensor(y))

@@ -91,12 +91,26 @@ def make_plan(ctx: RunContext) -> Plan:
         raise ConfigError(f"activations.change_layers {unknown} are not named layers of any model: "
                           f"{ {name: m.layer_names for name, m in ctx.models.items()} } (null = every named layer)")
     n_ex = acfg.examples_per_category if acfg.layers else 0
+    if n_ex and not spatial_layers(ctx):
+        # e.g. a softmax regression as the target: nothing to draw, the layer-wise change still runs
+        log.info("activations: the target model %r has no conv or pool layer (it has %s): no Figure 7/8 "
+                 "examples", ctx.target_model, ctx.models[ctx.target_model].layer_names)
+        n_ex = 0
     if n_ex:
         if fig_eps not in eps:
             raise ConfigError(f"the figure eps {fig_eps * scale:g} is not among activations.epsilons "
                               f"{[e * scale for e in eps]}; add it or set activations.figure_eps")
         check_map_layers(ctx, acfg.layers)
-    return Plan(eps, fig_eps, change, list(acfg.layers), n_ex)
+    return Plan(eps, fig_eps, change, list(acfg.layers) if n_ex else [], n_ex)
+
+
+def spatial_layers(ctx: RunContext) -> list[str]:
+    """The target model's named layers with spatial maps ``(B, F, h, w)`` (one forward of a zero image)."""
+    model = ctx.models[ctx.target_model]
+    param = next(model.parameters())
+    with torch.no_grad():
+        feats = model.features(torch.zeros(1, *ctx.datamodule.input_shape, device=param.device), model.layer_names)
+    return [n for n in model.layer_names if feats[n].ndim == 4]
 
 
 def check_map_layers(ctx: RunContext, layers: list[str]) -> None:
@@ -107,13 +121,11 @@ def check_map_layers(ctx: RunContext, layers: list[str]) -> None:
     if missing:
         raise ConfigError(f"activations.layers {missing} are not named layers of the target model {name!r} "
                           f"(it has {model.layer_names}); pick conv/pool layers or set activations.layers=[]")
-    param = next(model.parameters())
-    with torch.no_grad():
-        feats = model.features(torch.zeros(1, *ctx.datamodule.input_shape, device=param.device), layers)
-    flat = [n for n in layers if feats[n].ndim != 4]
+    spatial = spatial_layers(ctx)
+    flat = [n for n in layers if n not in spatial]
     if flat:
-        raise ConfigError(f"activations.layers {flat} of model {name!r} have no spatial maps (shape "
-                          f"{[tuple(feats[n].shape) for n in flat]}); heat maps need conv or pool layers")
+        raise ConfigError(f"activations.layers {flat} of model {name!r} have no spatial maps; heat maps need "
+                          f"conv or pool layers: {spatial}")
 
 
 ACTIVATIONS_KEY = register(KeySpec(

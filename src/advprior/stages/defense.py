@@ -24,6 +24,7 @@ from ..prior import BayesianPriorClassifier
 from ..store import link_into
 from ..utils.io import save_csv, save_parquet
 from ..utils.loggers import log_figure, log_table
+from ..utils.progress import batch_images, progress
 from . import prior_fit  # the prior's KeySpec is an input of the defense's
 from .attack_study import epsilons, eval_batch_size, use_true_labels
 
@@ -106,7 +107,7 @@ def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
     eps_list = epsilons(cfg)
     loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=eval_batch_size(cfg))
     rows = []
-    for x, y, idx in loader:
+    for x, y, idx in progress(loader, total=len(loader.dataset), desc="defense", unit="img", count=batch_images):
         target = y if use_true_labels(cfg) else None  # the same labels as the attack study
         rows.append(defense_batch(base, defended, x, y, idx, eps_list, cfg.defense, target, int(cfg.seed)))
     return pd.concat(rows, ignore_index=True)

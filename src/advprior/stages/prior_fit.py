@@ -16,6 +16,7 @@ from ..keys import AFFECTS, COMMON, CONTENT, IGNORED, KeySpec, data_rules, not_r
 from ..prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior, fit_class_prior
 from ..prior.features import extract_features
 from ..utils.io import load_torch, save_torch
+from ..utils.progress import lightning_progress
 from .attack_study import eval_batch_size
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def fit_prior(ctx: RunContext) -> tuple[ClassPrior, dict]:
         kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
         batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed),
         # the run's loggers get the per-epoch prior/ae_recon_loss curve
-        trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1},
+        trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1,
+                        **lightning_progress(ctx.cfg.trainer.get("enable_progress_bar", True))},
     )
     evr = prior.pca.explained_variance_ratio_.sum(1)
     with torch.no_grad():

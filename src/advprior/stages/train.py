@@ -22,6 +22,7 @@ from ..models.lit_classifier import ClassifierModule
 from ..models.vgg import ARCHS, hub_weights_path
 from ..store import link_into
 from ..utils.io import load_torch, save_torch
+from ..utils.progress import lightning_progress
 from ..utils.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,7 @@ PRETRAINED_KEY = register(KeySpec(
 def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl.Trainer:
     """A Trainer from ``cfg.trainer`` with the run's loggers, the ``cfg.callbacks`` and a progress bar."""
     callbacks = [instantiate(c) for c in (ctx.cfg.get("callbacks") or {}).values() if c is not None]
-    if ctx.cfg.trainer.get("enable_progress_bar", True) and ctx.cfg.get("extras", {}).get("rich_progress", True):
-        callbacks.append(pl.callbacks.RichProgressBar())
+    bar = lightning_progress(ctx.cfg.trainer.get("enable_progress_bar", True))  # Rich, on a terminal only
     kwargs = dict(
         max_epochs=max_epochs,
         logger=list(ctx.loggers.values()) or False,
@@ -123,6 +123,8 @@ def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl
         enable_model_summary=False,
     )
     kwargs.update(overrides)
+    kwargs["callbacks"] = [*kwargs["callbacks"], *bar["callbacks"]]
+    kwargs["enable_progress_bar"] = bar["enable_progress_bar"]
     return instantiate(ctx.cfg.trainer, **kwargs)
 
 

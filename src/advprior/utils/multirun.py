@@ -87,3 +87,49 @@ class ClaimsSummary(Callback):
             if c["paper_eps"]:
                 log.info("claims: %s -> %s", c["text"], c["verdict"])
         log.info("claims: %d seeds -> %s", len(result["seeds"]), sweep_dir / "claims.json")
+
+
+# ----------------------------------------------------------------------------- sweep report
+
+def override_dict(overrides: list[str]) -> dict[str, str]:
+    """Hydra override strings (``a.b=1``, ``+c=x``, ``~d``) as ``{key: value}``."""
+    out = {}
+    for o in overrides:
+        key, _, value = str(o).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def swept_parameters(hc: Any) -> dict[str, str]:
+    """This job's values of the parameters its sweep varies (``HydraConfig.get()`` of a multirun job).
+
+    The swept keys are the sweep overrides of the command line (``a=1,2``, ``choice(...)``, ``range(...)``),
+    read from the sweep's ``multirun.yaml``, plus a sweeper's own ``params``; their values come from this
+    job's overrides. Without ``multirun.yaml`` every override of the job counts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    job = override_dict(list(hc.overrides.task))
+    path = Path(hc.sweep.dir) / "multirun.yaml"
+    if not path.is_file():
+        return job
+    sweep_cfg = OmegaConf.load(path)
+    parsed = OverridesParser.create().parse_overrides(list(sweep_cfg.hydra.overrides.task))
+    keys = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+    keys |= set((OmegaConf.select(sweep_cfg, "hydra.sweeper.params") or {}).keys())
+    return {k: v for k, v in job.items() if k in keys}
+
+
+class SweepReport(Callback):
+    """At the end of a multirun, write the sweep report ``report.html`` in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from ..report.sweep import build_sweep_report
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            path = build_sweep_report(sweep_dir)
+        except FileNotFoundError as e:
+            log.warning("sweep report: %s", e)
+            return
+        log.info("sweep report: %s", path)

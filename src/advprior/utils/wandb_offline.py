@@ -1,65 +1,72 @@
-"""Read the metrics of an offline W&B run (``run-<id>.wandb``) without syncing it.
+"""What an offline W&B run holds, read by wandb's own reader of its transaction log (``run-<id>.wandb``).
 
-The file is wandb's LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB blocks
-of records, each with a 7-byte header (crc32c, length, type: full/first/middle/last); every complete
-record is a serialized ``wandb_internal_pb2.Record``.
+``wandb leet inspect --json PATH`` (wandb >= 0.31) prints every record of the log as one JSON object per line
+and ``--summary --json`` the run's final state (summary, config); this module runs that command with the
+current Python's wandb and gathers the records, so no private file format is parsed here. Nothing is
+uploaded: ``wandb sync <offline-run dir>`` does that when you want it.
 """
 from __future__ import annotations
 
 import json
-import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-BLOCK = 32 * 1024
-HEADER = 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+def _inspect(path: Path, *flags: str) -> str:
+    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd[1:])}` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n"
+                           "Reading an offline run needs wandb >= 0.31 (`pip install -U wandb`).")
+    return proc.stdout
 
 
-def _records(data: bytes):
-    pos, pending = HEADER, b""
-    while pos + HEADER <= len(data):
-        left = BLOCK - (pos % BLOCK)
-        if left < HEADER:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, rtype = struct.unpack("<IHB", data[pos:pos + HEADER])
-        chunk = data[pos + HEADER:pos + HEADER + length]
-        pos += HEADER + length
-        if rtype == 0 and length == 0:
-            pos += BLOCK - (pos % BLOCK) if pos % BLOCK else 0
-            continue
-        if rtype == FULL:
-            yield chunk
-        elif rtype == FIRST:
-            pending = chunk
-        elif rtype == MIDDLE:
-            pending += chunk
-        elif rtype == LAST:
-            yield pending + chunk
-            pending = b""
-
-
-def read_offline_run(path: str | Path) -> dict[str, Any]:
-    """``{"history": [row dicts], "summary": {key: value}}`` of a ``.wandb`` file or an offline-run dir."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
+def run_file(path: str | Path) -> Path:
+    """The ``.wandb`` file of an offline-run directory (or ``path`` itself when it is one)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.wandb"))
         if not files:
-            raise FileNotFoundError(f"no .wandb file in {path}")
-        path = files[0]
-    history: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    for raw in _records(path.read_bytes()):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
+            raise FileNotFoundError(f"no .wandb file in {path}: pass an offline-run-<date>-<id> directory")
+        return files[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return path
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of the run's log, as wandb prints them (``{"num", "type", <type>: {...}}``)."""
+    return [json.loads(line) for line in _inspect(run_file(path), "--json").splitlines() if line.strip()]
+
+
+def read_offline_run(path: str | Path) -> dict[str, Any]:
+    """An offline run (its directory or its ``.wandb`` file) as plain data:
+
+    ``history``: the logged rows (``{key: value}``, media as flattened ``key._type``... fields), in order;
+    ``summary``: the final summary (nested values as dicts); ``config``: the run's config;
+    ``metrics``: the ``define_metric`` records (``name`` or ``glob_name``, ``step_metric``, ``options``);
+    ``artifacts``: the logged artifacts (``name``, ``type``, ``files``: paths inside the artifact);
+    ``files``: the run files recorded for upload; ``state``, ``exit_code``, ``group``: the run's state.
+    """
+    f = run_file(path)
+    records = read_records(f)
+    final = json.loads(_inspect(f, "--summary", "--json"))
+    out: dict[str, Any] = {"history": [], "metrics": [], "artifacts": [], "files": [], "group": None,
+                           "summary": final.get("summary") or {}, "config": final.get("config") or {},
+                           "state": final.get("state"), "exit_code": final.get("exit_code")}
+    for r in records:
+        kind, body = r.get("type"), r.get(r.get("type"), {})
         if kind == "history":
-            row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
-            history.append(row)
-            summary.update({k: v for k, v in row.items() if not k.startswith("_")})
-        elif kind == "summary":
-            summary.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.summary.update})
-    return {"history": history, "summary": summary}
+            out["history"].append(body.get("item", {}))
+        elif kind == "metric":
+            out["metrics"].append(body)
+        elif kind == "artifact":
+            out["artifacts"].append({"name": body.get("name"), "type": body.get("type"),
+                                     "files": [c["path"] for c in body.get("manifest", {}).get("contents", [])]})
+        elif kind == "files":
+            out["files"].extend(x["path"] for x in body.get("files", []))
+        elif kind == "run":
+            out["group"] = body.get("run_group") or body.get("group")
+    return out
