@@ -49,7 +49,10 @@ def run_task(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_task(cfg)
+    from .distributed import session
+
+    with session(cfg):  # several devices: one process per rank and the process group, torn down at the end
+        metrics = run_task(cfg)
     name = cfg.get("optimized_metric")
     return float(metrics[name]) if name and name in metrics else None
 

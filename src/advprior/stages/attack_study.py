@@ -1,36 +1,39 @@
 """Stage ``attack``: the FGSM study (paper sections 4.1, 4.3, 4.4 and 7) on every configured model.
 
-Writes to the store (keyed by models, data and attack config): ``outcomes.parquet`` (one row per model,
-eps and image) and ``transfer.parquet``; the evaluation runs in shards of ``attack.shard_size`` images so
-a killed run resumes at the first unfinished shard. Into the run directory: ``attack/`` tables
-(outcomes, summary with bootstrap intervals, category counts, transfer matrix) and ``figures/``.
+Writes to the store (keyed by models, data, attack config and numerics): ``outcomes.parquet`` (one row per
+model, eps and image) and ``transfer.parquet``; the evaluation is a Lightning loop (``advprior.loops``) over
+shards of ``attack.shard_size`` images split over the ranks, so a killed run resumes at the first
+unfinished shard. Into the run directory (rank 0): ``attack/`` tables (outcomes, summary with bootstrap
+intervals, category counts, transfer matrix) and ``figures/``.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
-from ..analysis.outcomes import read_outcomes, write_outcomes
+from .. import distributed
+from ..analysis.outcomes import read_outcomes
 from ..analysis.rates import attack_summary, category_counts, format_eps, metric_dict
 from ..analysis.similarity import weight_similarity_close
 from ..analysis.transfer import transfer_matrix
-from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards
+from ..attacks.lit_sweep import TABLES as ATTACK_TABLES
+from ..attacks.lit_sweep import AttackStep
 from ..context import RunContext
+from ..loops import bad_file_metrics, numerics, stage_loop, stage_models
 from ..store import config_without, link_into
-from ..utils.io import save_csv, save_parquet
+from ..utils.io import save_csv
 from ..utils.loggers import log_figure, log_table
-from .train import make_trainer, model_identity
+from .train import model_identity
 
 log = logging.getLogger(__name__)
 
 STAGE_VERSION = 1
-DATA_KEYS_IGNORED = {"num_workers", "batch_size", "eval_batch_size", "support_per_class", "pin_memory"}
+DATA_KEYS_IGNORED = {"num_workers", "batch_size", "eval_batch_size", "support_per_class", "pin_memory",
+                     "check_cache_dir"}
 
 
 def epsilons(cfg) -> list[float]:
@@ -84,47 +87,26 @@ def study_key(ctx: RunContext) -> str:
     data = config_without(cfg.data, DATA_KEYS_IGNORED)
     attack = config_without(cfg.attack, ("n_boot", "grid_samples", "figure_eps", "wandb_table_rows", "shard_size"))
     payload = {"models": {n: model_identity(ctx, n) for n in cfg.model}, "data": data, "attack": attack,
-               "target": ctx.target_model, "seed": int(cfg.seed), "version": STAGE_VERSION}
+               "target": ctx.target_model, "seed": int(cfg.seed), "numerics": numerics(cfg),
+               "version": STAGE_VERSION}
     return ctx.store.key("attack", payload)
 
 
-def evaluate(ctx: RunContext, out: Path) -> None:
-    """Run the sweep shard by shard into ``out``, skipping finished shards (resume)."""
-    cfg, dm = ctx.cfg, ctx.datamodule
-    dataset = dm.eval_dataset()
-    n, size = len(dataset), int(cfg.attack.shard_size)
-    close = close_matrix(ctx)
-    paths = getattr(dataset, "paths", None)
-    batch = int(cfg.data.get("eval_batch_size") or cfg.data.batch_size)
-    for s, start in enumerate(range(0, n, size)):
-        shard = out / "shards" / f"{s:05d}"
-        if (shard / "outcomes.parquet").is_file() and (shard / "transfer.parquet").is_file():
-            log.info("attack: shard %d already done, skipping", s)
-            continue
-        if shard.exists():
-            shutil.rmtree(shard)
-        module = AttackSweepModule(
-            ctx.models, epsilons(cfg), shard, use_true_labels=use_true_labels(cfg),
-            high_conf_threshold=float(cfg.attack.high_conf_threshold),
-            refocus_min_prob=float(cfg.attack.refocus_min_prob), close=close,
-            transfer=bool(cfg.attack.transfer), paths=paths,
-        )
-        loader = DataLoader(Subset(dataset, range(start, min(n, start + size))), batch_size=batch,
-                            num_workers=int(cfg.data.get("num_workers", 0)))
-        trainer = make_trainer(ctx, "attack", 1, logger=False, inference_mode=False, callbacks=[])
-        trainer.test(module, dataloaders=loader, verbose=False)
-        if trainer.is_global_zero:  # rank 0 merges every rank's rows (the dataset yields global indices)
-            outcomes, transfer = merge_rank_shards(shard)
-            write_outcomes(outcomes, shard / "outcomes.parquet")
-            save_parquet(transfer, shard / "transfer.parquet")
-        trainer.strategy.barrier()
-        log.info("attack: shard %d (%d images) done", s, min(n, start + size) - start)
-    parts = sorted((out / "shards").glob("*/outcomes.parquet"))
-    outcomes = pd.concat([read_outcomes(p) for p in parts], ignore_index=True)
-    transfer = pd.concat([pd.read_parquet(p.with_name("transfer.parquet")) for p in parts], ignore_index=True)
-    write_outcomes(outcomes, out / "outcomes.parquet")
-    save_parquet(transfer, out / "transfer.parquet")
-    shutil.rmtree(out / "shards")
+def evaluate(ctx: RunContext, out: Path) -> list[int] | None:
+    """The sweep as a Lightning loop over the evaluation images into ``out/{outcomes,transfer}.parquet``
+    (resumable pieces, split over ranks; every rank calls this). Rank 0 gets the skipped positions."""
+    cfg = ctx.cfg
+    dataset = ctx.datamodule.eval_dataset()
+    models = stage_models(ctx.models, cfg.trainer.precision)
+    step = AttackStep(
+        models, epsilons(cfg), use_true_labels=use_true_labels(cfg),
+        high_conf_threshold=float(cfg.attack.high_conf_threshold),
+        refocus_min_prob=float(cfg.attack.refocus_min_prob), close=close_matrix(ctx),
+        transfer=bool(cfg.attack.transfer), paths=getattr(dataset, "paths", None),
+    )
+    result = stage_loop(ctx, "attack", dataset, step, models, ATTACK_TABLES, out,
+                        shard_size=int(cfg.attack.shard_size), grad=True)
+    return result.skipped if result is not None else None
 
 
 def images_fn(ctx: RunContext, model_name: str, eps: float):
@@ -199,15 +181,23 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
 
 
 def run(ctx: RunContext) -> dict[str, float]:
+    """Evaluate (every rank) unless stored, then summarize on rank 0 (the other ranks return {})."""
     key = study_key(ctx)
     out = ctx.store.path("attack", key)
-    if ctx.store.is_done("attack", key):
+    if distributed.broadcast_object(ctx.store.is_done("attack", key)):  # rank 0 decides for every rank
         log.info("attack: reusing outcomes %s", out)
     else:
-        evaluate(ctx, out)
-        ctx.store.mark_done("attack", key)
-    link_into(out / "outcomes.parquet", ctx.run_dir / "attack" / "outcomes.parquet")
-    link_into(out / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
-    metrics = summarize(ctx, read_outcomes(out / "outcomes.parquet"), pd.read_parquet(out / "transfer.parquet"))
+        skipped = evaluate(ctx, out)
+        if distributed.is_rank_zero():
+            ctx.store.mark_done("attack", key, meta={"skipped": skipped})
+        distributed.barrier()
+    if not distributed.is_rank_zero():
+        return {}
+    with distributed.alone():
+        link_into(out / "outcomes.parquet", ctx.run_dir / "attack" / "outcomes.parquet")
+        link_into(out / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
+        metrics = summarize(ctx, read_outcomes(out / "outcomes.parquet"), pd.read_parquet(out / "transfer.parquet"))
+        metrics.update(bad_file_metrics(ctx.datamodule.eval_dataset(), "eval",
+                                        ctx.store.read_meta("attack", key).get("skipped", [])))
     ctx.log_metrics(metrics)
     return metrics

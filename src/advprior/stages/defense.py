@@ -3,33 +3,39 @@
 On the eval images, for every eps: the base model and the posterior on clean images, on FGSM examples
 crafted against the base model (non-adaptive, the paper's setting), and on FGSM and PGD crafted through the
 posterior itself (white-box adaptive). Rates get bootstrap 95% intervals; the prior's log density is also
-scored as a detector of adversarial inputs (ROC-AUC).
+scored as a detector of adversarial inputs (ROC-AUC). The per-image work (``defense_batch``) runs as a
+Lightning loop (``advprior.loops``) in resumable shards of ``defense.shard_size`` images split over the
+ranks; rank 0 alone summarizes.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
 from ..analysis.rates import bootstrap_ci, format_eps
+from .. import distributed
 from ..attacks import FGSM, PGD, FGSMSweep
 from ..context import RunContext
+from ..loops import Table, bad_file_metrics, numerics, stage_loop, stage_models
 from ..prior import BayesianPriorClassifier
 from ..store import link_into
-from ..utils.io import save_csv, save_parquet
+from ..utils.io import save_csv
 from ..utils.loggers import log_figure, log_table
 from .attack_study import epsilons, use_true_labels
 
 log = logging.getLogger(__name__)
 
 
-def defended_model(ctx: RunContext) -> BayesianPriorClassifier:
+def defended_model(ctx: RunContext, base: torch.nn.Module | None = None) -> BayesianPriorClassifier:
+    """The posterior classifier around ``base`` (default: the target model) with the target's prior."""
     p = ctx.cfg.prior
-    return BayesianPriorClassifier(ctx.models[ctx.target_model], ctx.priors[ctx.target_model],
+    return BayesianPriorClassifier(base if base is not None else ctx.models[ctx.target_model],
+                                   ctx.priors[ctx.target_model],
                                    feature_layer=p.feature_layer, weight=float(p.weight),
                                    top_k=None if p.get("top_k") is None else int(p.top_k)).eval()
 
@@ -96,17 +102,34 @@ def defense_batch(
     return pd.concat(rows, ignore_index=True)
 
 
-def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
-    """One row per (eps, image) over the evaluation images (``defense_batch`` per batch)."""
+class DefenseStep:
+    """``step(x, y, idx) -> {"outcomes": defense_batch(...)}``: the Lightning loop's view of ``defense_batch``."""
+
+    def __init__(self, base: torch.nn.Module, defended: BayesianPriorClassifier, eps_list: list[float], dcfg,
+                 true_labels: bool, seed: int) -> None:
+        self.base, self.defended, self.eps_list, self.dcfg = base, defended, eps_list, dcfg
+        self.true_labels, self.seed = true_labels, seed
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, pd.DataFrame]:
+        target = y if self.true_labels else None  # the same labels as the attack study
+        return {"outcomes": defense_batch(self.base, self.defended, x, y, idx, self.eps_list, self.dcfg, target,
+                                          self.seed)}
+
+
+DEFENSE_TABLES = (Table("outcomes", sort_by=("eps", "index")),)
+
+
+def evaluate_defense(ctx: RunContext, out: Path) -> list[int] | None:
+    """One row per (eps, image) over the evaluation images into ``out/outcomes.parquet``: ``defense_batch``
+    per batch in a Lightning loop (resumable pieces, split over ranks; every rank calls this). Rank 0 gets
+    the skipped positions."""
     cfg = ctx.cfg
-    base, defended = ctx.models[ctx.target_model], defended_model(ctx)
-    eps_list = epsilons(cfg)
-    loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=int(cfg.data.get("eval_batch_size") or 64))
-    rows = []
-    for x, y, idx in loader:
-        target = y if use_true_labels(cfg) else None  # the same labels as the attack study
-        rows.append(defense_batch(base, defended, x, y, idx, eps_list, cfg.defense, target, int(cfg.seed)))
-    return pd.concat(rows, ignore_index=True)
+    base = stage_models({"base": ctx.models[ctx.target_model]}, cfg.trainer.precision)["base"]
+    defended = defended_model(ctx, base)
+    step = DefenseStep(base, defended, epsilons(cfg), cfg.defense, use_true_labels(cfg), int(cfg.seed))
+    result = stage_loop(ctx, "defense", ctx.datamodule.eval_dataset(), step, {"defended": defended},
+                        DEFENSE_TABLES, out, shard_size=int(cfg.defense.get("shard_size") or 512), grad=True)
+    return result.skipped if result is not None else None
 
 
 def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> pd.DataFrame:
@@ -183,24 +206,36 @@ def defense_key(ctx: RunContext) -> str:
         "prior": prior_key(ctx), "eval_subset": cfg.data.get("eval_subset"), "epsilons": epsilons(cfg),
         "true_labels": use_true_labels(cfg), "weight": float(cfg.prior.weight), "top_k": cfg.prior.get("top_k"),
         "adaptive": OmegaConf.to_container(cfg.defense.adaptive, resolve=True), "seed": int(cfg.seed),
-        "version": 1,
+        "numerics": numerics(cfg), "version": 1,
     })
 
 
 def run(ctx: RunContext) -> dict[str, float]:
-    from ..report.figures import defense_panels, save_figure
-
-    cfg, dcfg = ctx.cfg, ctx.cfg.defense
+    """Evaluate (every rank) unless stored, then summarize on rank 0 (the other ranks return {})."""
     if ctx.target_model not in ctx.priors:
         from . import prior_fit
         prior_fit.run(ctx)
     key = defense_key(ctx)
     out = ctx.store.path("defense", key)
-    if ctx.store.is_done("defense", key):
+    if distributed.broadcast_object(ctx.store.is_done("defense", key)):  # rank 0 decides for every rank
         log.info("defense: reusing per-image results %s", out)
     else:
-        save_parquet(evaluate_defense(ctx), out / "outcomes.parquet")
-        ctx.store.mark_done("defense", key)
+        skipped = evaluate_defense(ctx, out)
+        if distributed.is_rank_zero():
+            ctx.store.mark_done("defense", key, meta={
+                "bad_files": bad_file_metrics(ctx.datamodule.eval_dataset(), "eval", skipped)})
+        distributed.barrier()
+    if not distributed.is_rank_zero():
+        return {}
+    with distributed.alone():
+        return summarize(ctx, key, out)
+
+
+def summarize(ctx: RunContext, key: str, out: Path) -> dict[str, float]:
+    """Rank 0: the summary table, metrics, panels and W&B tables from the stored per-image results."""
+    from ..report.figures import defense_panels, save_figure
+
+    cfg, dcfg = ctx.cfg, ctx.cfg.defense
     df = pd.read_parquet(out / "outcomes.parquet")
     ddir = ctx.run_dir / "defense"
     link_into(out / "outcomes.parquet", ddir / "outcomes.parquet")
@@ -215,5 +250,6 @@ def run(ctx: RunContext) -> dict[str, float]:
     fig = defense_panels(*panel_images(ctx, df, int(dcfg.panels)))
     log_figure(ctx, "defense/panels", save_figure(fig, ctx.run_dir / "figures" / "defense_panels.png"))
     log_table(ctx, "defense/summary", summary)
+    metrics.update(ctx.store.read_meta("defense", key).get("bad_files", {}))
     ctx.log_metrics(metrics)
     return metrics

@@ -1,7 +1,9 @@
 """Stage ``prior``: fit the paper's class-conditional prior p(r|y,x) on the target model's support features.
 
-fc6 features of ``data.support_per_class`` training images per class (cached, resumable) -> per-class PCA ->
-per-class autoencoders (one batched LightningModule) -> per-class Gaussian KDE. Cached by config hash.
+fc6 features of ``data.support_per_class`` training images per class (a Lightning loop on the trainer's
+devices, split over the ranks, cached and resumable) -> per-class PCA -> per-class autoencoders (one
+batched LightningModule) -> per-class Gaussian KDE, fitted once, by rank 0, on its GPU when the trainer
+uses GPUs; the other ranks read the fitted prior from the store. Cached by config hash.
 """
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import logging
 import torch
 from omegaconf import OmegaConf
 
+from .. import distributed
 from ..context import RunContext
+from ..loops import bad_file_metrics, numerics, stage_loop, stage_models
 from ..prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior, fit_class_prior
-from ..prior.features import extract_features
+from ..prior.features import TABLES as FEATURE_TABLES
+from ..prior.features import FeatureStep, check_support
 from ..store import config_without
 from ..utils.io import load_torch, save_torch
 from .train import model_identity
@@ -32,10 +37,10 @@ def support_per_class(ctx: RunContext) -> int | None:
 def features_key(ctx: RunContext) -> str:
     cfg = ctx.cfg
     data = config_without(cfg.data, ("num_workers", "batch_size", "eval_batch_size", "eval_subset", "val_subset",
-                                     "pin_memory"))
+                                     "pin_memory", "check_cache_dir"))
     return ctx.store.key("features", {"model": model_identity(ctx, ctx.target_model), "data": data,
                                       "per_class": support_per_class(ctx), "layer": cfg.prior.feature_layer,
-                                      "version": STAGE_VERSION})
+                                      "numerics": numerics(cfg), "version": STAGE_VERSION})
 
 
 def prior_key(ctx: RunContext) -> str:
@@ -54,63 +59,94 @@ def empty_prior(num_classes: int, pcfg) -> ClassPrior:
     )
 
 
-def load_support_features(ctx: RunContext) -> dict[str, torch.Tensor]:
-    cfg, dm = ctx.cfg, ctx.datamodule
+def ensure_features(ctx: RunContext) -> str:
+    """The support set's features in the store (computed by every rank together when missing); their key."""
+    cfg = ctx.cfg
     key = features_key(ctx)
     out = ctx.store.path("features", key)
-    if ctx.store.is_done("features", key):
-        return load_torch(out / "features.pt")
-    feats = extract_features(
-        ctx.models[ctx.target_model], dm.support_dataset(support_per_class(ctx)), cfg.prior.feature_layer,
-        out / "shards", batch_size=int(cfg.data.get("eval_batch_size") or cfg.data.batch_size),
-        shard_size=int(cfg.prior.shard_size), num_workers=int(cfg.data.get("num_workers", 0)),
-    )
-    save_torch(feats, out / "features.pt")
-    ctx.store.mark_done("features", key, meta={"n": len(feats["labels"]), "dim": feats["features"].shape[1]})
-    return feats
+    if distributed.broadcast_object(ctx.store.is_done("features", key)):  # rank 0 decides for every rank
+        return key
+    dataset = ctx.datamodule.support_dataset(support_per_class(ctx))
+    check_support(dataset)
+    models = stage_models({"target": ctx.models[ctx.target_model]}, cfg.trainer.precision)
+    result = stage_loop(ctx, "features", dataset, FeatureStep(models["target"], cfg.prior.feature_layer), models,
+                        FEATURE_TABLES, out, shard_size=int(cfg.prior.shard_size))
+    if distributed.is_rank_zero():
+        feats = load_torch(out / "features.pt")
+        ctx.store.mark_done("features", key, meta={
+            "n": len(feats["labels"]), "dim": int(feats["features"].shape[1]),
+            "bad_files": bad_file_metrics(dataset, "support", result.skipped)})
+    distributed.barrier()
+    return key
 
 
-def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
+def fit_device(cfg) -> torch.device:
+    """Where rank 0 fits the prior: its GPU when the trainer runs on GPUs, else the CPU."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def fit_prior(ctx: RunContext, features_key_: str, out) -> tuple[ClassPrior, dict]:
+    """Rank 0's work: fit the prior on the stored features (on ``fit_device``), store it, return it (CPU)."""
     cfg, pcfg = ctx.cfg, ctx.cfg.prior
-    key = prior_key(ctx)
-    out = ctx.store.path("prior", key)
-    num_classes = ctx.datamodule.num_classes
-    if ctx.store.is_done("prior", key):
-        log.info("prior: reusing fitted prior %s", out)
-        prior = empty_prior(num_classes, pcfg)
-        prior.load_state_dict(load_torch(out / "prior.pt"))
-        return prior.freeze(), ctx.store.read_meta("prior", key)
-    feats = load_support_features(ctx)
+    feats = load_torch(ctx.store.path("features", features_key_) / "features.pt")
+    device = fit_device(cfg)
+    x, y = feats["features"].to(device), feats["labels"].to(device)
     bw = pcfg.bandwidth
+    trainer_kwargs = {"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1,  # per-epoch loss curve
+                      "accelerator": "gpu" if device.type == "cuda" else "cpu",
+                      "devices": [device.index] if device.type == "cuda" else 1}
     prior = fit_class_prior(
-        feats["features"], feats["labels"], num_classes,
+        x, y, ctx.datamodule.num_classes,
         n_components=int(pcfg.n_components), bottleneck=int(pcfg.bottleneck), depth=pcfg.get("depth"),
         negative_slope=float(pcfg.negative_slope), bandwidth=float(bw) if isinstance(bw, (int, float)) else str(bw),
         kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
-        batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed),
-        # the run's loggers get the per-epoch prior/ae_recon_loss curve
-        trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1},
+        batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed), trainer_kwargs=trainer_kwargs,
     )
+    prior = prior.to(device)
     evr = prior.pca.explained_variance_ratio_.sum(1)
-    with torch.no_grad():
-        own = prior(feats["features"]).gather(1, feats["labels"][:, None]).squeeze(1)
+    with torch.no_grad():  # each support point under its own class only (not all C classes)
+        own = torch.cat([prior(xs, classes=ys[:, None]).squeeze(1) for xs, ys in zip(x.split(4096), y.split(4096))])
     meta = {
         "prior/explained_variance_mean": float(evr.mean()), "prior/explained_variance_min": float(evr.min()),
         "prior/explained_variance_max": float(evr.max()), "prior/ae_recon_loss": float(prior.loss_history[-1]),
         "prior/ae_recon_loss_first": float(prior.loss_history[0]),
-        "prior/support_points": int(len(feats["labels"])),
+        "prior/support_points": int(len(y)),
         "prior/support_log_density_mean": float(own.mean()),
         "prior/bandwidth_mean": float(prior.kde.bandwidth_.float().mean()),
     }
+    prior = prior.cpu()
     save_torch(prior.state_dict(), out / "prior.pt")
-    ctx.store.mark_done("prior", key, meta=meta)
-    log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f",
-             100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"], meta["prior/ae_recon_loss"])
+    ctx.store.mark_done("prior", prior_key(ctx), meta=meta)
+    log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f (fitted on %s)",
+             100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"], meta["prior/ae_recon_loss"],
+             device)
     return prior, meta
+
+
+def load_prior(ctx: RunContext, key: str) -> tuple[ClassPrior, dict]:
+    prior = empty_prior(ctx.datamodule.num_classes, ctx.cfg.prior)
+    prior.load_state_dict(load_torch(ctx.store.path("prior", key) / "prior.pt"))
+    return prior.freeze(), ctx.store.read_meta("prior", key)
+
+
+def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
+    """The fitted prior (CPU) and its metrics: from the store, or fitted by rank 0 and read by the others."""
+    key = prior_key(ctx)
+    out = ctx.store.path("prior", key)
+    if distributed.broadcast_object(ctx.store.is_done("prior", key)):
+        log.info("prior: reusing fitted prior %s", out)
+        return load_prior(ctx, key)
+    fkey = ensure_features(ctx)
+    return distributed.run_on_rank_zero(lambda: fit_prior(ctx, fkey, out), lambda: load_prior(ctx, key))
 
 
 def run(ctx: RunContext) -> dict[str, float]:
     prior, metrics = fit_or_load(ctx)
     ctx.priors[ctx.target_model] = prior
-    ctx.log_metrics(metrics)
+    if distributed.is_rank_zero():
+        metrics = {**metrics, **ctx.store.read_meta("features", features_key(ctx)).get("bad_files", {})}
+        ctx.log_metrics(metrics)
     return metrics

@@ -1,4 +1,9 @@
-"""Stage ``train``: build every configured model; train the small ones (cached by config hash)."""
+"""Stage ``train``: build every configured model; train the small ones (cached by config hash).
+
+Under DDP every rank trains together (Lightning's data-parallel ``fit`` on the configured strategy: the
+trainer settings are part of the model's key, so a DDP-trained model never stands in for a one-process
+one); rank 0 alone stores the weights, the others wait for it.
+"""
 from __future__ import annotations
 
 import inspect
@@ -10,7 +15,9 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .. import distributed
 from ..context import RunContext
+from ..models.checkpoint import load_state_dict_into
 from ..models.classifier import Classifier
 from ..models.lit_classifier import ClassifierModule
 from ..store import config_without, link_into
@@ -25,17 +32,25 @@ DATA_KEYS_IGNORED = {"num_workers", "eval_batch_size", "eval_subset", "support_p
 
 
 def build_model(mcfg: DictConfig, datamodule: Any) -> Classifier:
-    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data."""
+    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data.
+
+    ``checkpoint`` (a state dict path, read with ``weights_only=True``) is loaded after building when the
+    model's own builder does not take it (e.g. ``model.vgg_small.checkpoint=... model.vgg_small.train=null``).
+    """
     spec = OmegaConf.to_container(mcfg, resolve=True)
     spec.pop("train", None)
     spec.pop("frozen", None)
     fn = instantiate({"_target_": spec["_target_"], "_partial_": True})
     params = inspect.signature(fn.func).parameters
+    checkpoint = spec.pop("checkpoint", None) if "checkpoint" not in params else None
     c, h, _ = datamodule.input_shape
     for k, v in (("num_classes", datamodule.num_classes), ("in_channels", c), ("image_size", h)):
         if k in params and k not in spec:
             spec[k] = v
-    return instantiate(spec)
+    model = instantiate(spec)
+    if checkpoint:
+        load_state_dict_into(model, checkpoint)
+    return model
 
 
 # Trainer keys that do not change the trained weights.
@@ -89,7 +104,7 @@ def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
         return model, {}
     key = model_identity(ctx, name)
     out = ctx.store.path("train", key)
-    if ctx.store.is_done("train", key):
+    if distributed.broadcast_object(ctx.store.is_done("train", key)):  # rank 0 decides for every rank
         log.info("model %s: reusing trained weights %s", name, out)
         model.load_state_dict(load_torch(out / "model.pt"))
         metrics = ctx.store.read_meta("train", key)
@@ -102,20 +117,35 @@ def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - t0
+        bad = lazily_skipped(trainer.train_dataloader)
         res = trainer.test(module, datamodule=dm, verbose=False)[0]
         metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
                    f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
                    f"train/{name}/fit_seconds": seconds,
                    f"train/{name}/epochs": epochs}
-        save_torch(model.state_dict(), out / "model.pt")
-        ctx.store.mark_done("train", key, meta=metrics)
+        if bad is not None:
+            metrics["data/bad_files/train"] = bad
+        if distributed.is_rank_zero():  # DDP keeps every rank's weights equal: rank 0 stores them
+            save_torch(model.state_dict(), out / "model.pt")
+            ctx.store.mark_done("train", key, meta=metrics)
+        distributed.barrier()
         log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
                  epochs, seconds)
-    link_into(out / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
+    if distributed.is_rank_zero():
+        link_into(out / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
     model.eval()
     if mcfg.get("frozen", True):
         model.freeze()
     return model, metrics
+
+
+def lazily_skipped(loader: Any) -> int | None:
+    """Undecodable files a training pass dropped (``SkipNoneCollate``), over every rank; None when the
+    dataset has no image files."""
+    dataset = getattr(loader, "dataset", None)
+    if not hasattr(dataset, "bad_files"):
+        return None
+    return len({p for part in distributed.all_gather_object(dataset.bad_files) for p in part})
 
 
 def run(ctx: RunContext) -> dict[str, float]:
