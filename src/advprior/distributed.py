@@ -368,14 +368,23 @@ def assign_sweep_gpus(cfg: Any) -> list[str] | None:
     gpus = visible_gpus()
     if not gpus:
         return None
-    per_job = (cfg.get("compute") or {}).get("gpus_per_job")
-    if per_job is None:
-        devices = cfg.trainer.get("devices", 1)
-        per_job = devices if isinstance(devices, int) and devices > 0 else 1
-    ids = claim_gpu_slot(Path(hc.sweep.dir) / ".gpu_slots", gpus, int(per_job))
+    per_job = gpus_per_job((cfg.get("compute") or {}).get("gpus_per_job"), cfg.trainer.get("devices", 1))
+    ids = claim_gpu_slot(Path(hc.sweep.dir) / ".gpu_slots", gpus, per_job)
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
     log.info("parallel sweep: job %s runs on GPU(s) %s", hc.job.num, ",".join(ids))
     return ids
+
+
+def gpus_per_job(per_job: Any, devices: Any) -> int:
+    """``compute.gpus_per_job``, else ``trainer.devices`` when it is a count, else 1."""
+    if per_job is not None:
+        return int(per_job)
+    return int(devices) if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+
+
+def parallel_jobs(per_job: Any = None, devices: Any = 1) -> int:
+    """Sweep jobs to run at once on this machine: visible GPUs // GPUs per job (at least 1; 1 without GPUs)."""
+    return max(1, len(visible_gpus()) // gpus_per_job(per_job, devices))
 
 
 def visible_gpus() -> list[str]:

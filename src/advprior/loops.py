@@ -109,19 +109,22 @@ def plan_blocks(n: int, shard_size: int, world: int, batch_size: int,
 
 
 class RangeBatchSampler(Sampler[list[int]]):
-    """Batches of consecutive positions that never straddle two ranges: ``[a, a+B), [a+B, a+2B), ...``."""
+    """Batches of consecutive positions that never straddle two ranges: ``[a, a+B), [a+B, a+2B), ...``.
+    Without ranges (a rank with nothing left to do) one empty batch, because Lightning's DDP loop needs
+    every rank to take part and refuses a loader of length zero."""
 
     def __init__(self, ranges: Sequence[tuple[int, int]], batch_size: int) -> None:
         self.ranges, self.batch_size = list(ranges), int(batch_size)
 
     def batches(self) -> list[list[int]]:
-        return [list(range(s, min(b, s + self.batch_size))) for a, b in self.ranges for s in range(a, b, self.batch_size)]
+        out = [list(range(s, min(b, s + self.batch_size))) for a, b in self.ranges for s in range(a, b, self.batch_size)]
+        return out or [[]]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return sum(math.ceil((b - a) / self.batch_size) for a, b in self.ranges)
+        return len(self.batches())
 
 
 # ---------------------------------------------------------------------------------------------- numerics
