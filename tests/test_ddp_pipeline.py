@@ -116,7 +116,7 @@ def test_random_vgg19_on_a_fake_imagenet_two_processes_equal_one(tmp_path):
 def test_ddp_inside_a_multirun(tmp_path):
     """Each job of the sweep starts its own second rank for itself (not the whole sweep again)."""
     sweep = tmp_path / "sweep"
-    cli(["-m", "debug=fast", "logger=[csv]", "model=[shallow]", "stages=[prior]", "prior.feature_layer=logits",
+    cli(["-m", "debug=fast", "logger=[wandb,csv]", "model=[shallow]", "stages=[prior]", "prior.feature_layer=logits",
          "prior.n_components=4", "prior.bottleneck=2", "prior.ae.epochs=2", "prior.bandwidth=0.5,scott",
          f"hydra.sweep.dir={sweep}", *DDP], tmp_path)
     df = pd.read_csv(sweep / "summary.csv")
@@ -124,3 +124,16 @@ def test_ddp_inside_a_multirun(tmp_path):
     assert df.loc[df["prior.bandwidth"].astype(str) == "0.5", "prior/bandwidth_mean"].iloc[0] == 0.5
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no job of the ranks' own
     assert len(list((tmp_path / "logs" / "store" / "features").glob("*/_done.json"))) == 1  # shared by both
+    for job in ("0", "1"):  # one W&B run per job: rank 1 logs nothing
+        assert len(list((sweep / job / "wandb").glob("offline-run-*"))) == 1
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_runs_its_jobs_at_once(tmp_path):
+    """hydra/launcher=joblib: two jobs in two worker processes (on CPUs: no GPU slot to claim)."""
+    sweep = tmp_path / "sweep"
+    proc = cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=fast", "logger=[csv]",
+                "model=[shallow]", "stages=[train]", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    df = pd.read_csv(sweep / "summary.csv")
+    assert sorted(df["seed"].astype(int)) == [0, 1] and df["train/shallow/test_acc"].between(0, 1).all()

@@ -79,3 +79,10 @@ def test_parallel_sweep_workers_claim_different_gpus(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="only 5 GPU"):
         monkeypatch.setattr(distributed, "_held_slot", None)
         distributed.claim_gpu_slot(tmp_path / "other", distributed.visible_gpus(), 8)
+
+
+def test_run_task_from_python_refuses_several_processes(make_cfg):
+    from advprior.cli import run_task
+
+    with pytest.raises(ConfigError, match="asks for several processes"):
+        run_task(make_cfg(["trainer=ddp", "trainer.accelerator=cpu", "model=[shallow]", "stages=[train]"]))

@@ -174,6 +174,16 @@ def check_compute_config(cfg: Any) -> None:
         raise ConfigError(f"compute.timeout_minutes must be a positive number of minutes, got {timeout!r}")
 
 
+def check_processes(cfg: Any) -> None:
+    """Several processes need ``session`` (the ``advprior`` command) or a cluster launcher to start them:
+    without one, Lightning's own launcher would re-run whatever command this Python process came from."""
+    if not initialized() and requested_processes(cfg.trainer) > 1:
+        from .validation import ConfigError
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.get('devices')} asks for several processes, but none were started: run "
+            "the `advprior` command (or torchrun/SLURM), or use one device from Python (trainer.devices=1)")
+
+
 # ---------------------------------------------------------------------------------------------- session
 @contextlib.contextmanager
 def session(cfg: Any) -> Iterator[None]:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from .context import RunContext
-from .distributed import is_rank_zero
+from .distributed import check_processes, is_rank_zero
 from .utils.io import save_json
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def stage_fn(name: str) -> Callable[[RunContext], dict]:
 
 def run_pipeline(ctx: RunContext) -> dict:
     """Run ``ctx.cfg.stages`` (in pipeline order; ``train`` is always run first as others need models)."""
+    check_processes(ctx.cfg)
     wanted = list(ctx.cfg.get("stages") or STAGES)
     for name in wanted:
         stage_fn(name)  # validate every name before any work
