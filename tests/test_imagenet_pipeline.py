@@ -25,7 +25,8 @@ def test_paper_experiment_runs_on_a_fake_imagenet(make_cfg, tmp_path):
     torch.save(build_torchvision_vgg("vgg16", weights=None, num_classes=5).state_dict(), ckpt)
     cfg = make_cfg([
         "experiment=paper_imagenet", f"data.root={fake.root}", "data.eval_subset=4", "data.num_workers=0",
-        "data.batch_size=4", "+data.image_size=64", "+data.resize_size=73", "data.support_per_class=6", "model=[vgg16]", f"model.vgg16.checkpoint={ckpt}",
+        "data.batch_size=4", "+data.image_size=64", "+data.resize_size=73", "data.support_per_class=6", "model=[vgg16]", "target_model=vgg16",
+        "stages=[train,attack,prior,defense]", f"model.vgg16.checkpoint={ckpt}",
         "model.vgg16.weights=null", "attack.epsilons=[2]", "attack.figure_eps=2", "attack.n_boot=50",
         "prior.n_components=3", "prior.bottleneck=2", "prior.ae.epochs=2", "prior.support_per_class=6",
         "defense.adaptive.pgd.steps=1", "defense.panels=1",

@@ -18,6 +18,8 @@ STAGES: dict[str, str] = {
     "attack": "advprior.stages.attack_study",
     "prior": "advprior.stages.prior_fit",
     "defense": "advprior.stages.defense",
+    "fooling": "advprior.stages.fooling",
+    "activations": "advprior.stages.activations",
 }
 
 

@@ -46,3 +46,8 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"model.{name}.dropout must be in [0, 1), got {v}")
             if key == "hidden" and v is not None and v < 0:
                 raise ConfigError(f"model.{name}.hidden must be >= 0, got {v}")
+    if cfg.get("fooling") is not None:  # the fooling stage runs late: check its settings now
+        from .fooling.config import FoolingConfig
+        fooling = FoolingConfig.from_node(cfg.fooling)
+        if cfg.get("stages") is None or "fooling" in cfg.stages:
+            fooling.check_models(cfg.model)

@@ -220,3 +220,123 @@ def defense_panels(images: Sequence[Any], titles: Sequence[str], per_row: int = 
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+
+# -- activation differences (paper section 5, Figures 7 and 8) ---------------------------------------------
+
+
+def activation_example(
+    clean_img: Any,
+    adv_img: Any,
+    layers: Sequence[str],
+    heatmaps: Any,
+    filters: Sequence[int],
+    filter_norms: Sequence[float],
+    clean: tuple[int, float],
+    adv: tuple[int, float],
+    true_label: int | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Figures 7/8: the original, the adversarial image and one heat map per layer (``|a_adv - a|`` of the
+    filter whose difference has the largest L2 norm, upsampled bilinearly to the image).
+
+    clean_img, adv_img: ``(C, H, W)`` in [0,1]; heatmaps: ``(L, H, W)`` in activation units; filters,
+    filter_norms: the chosen filter of each layer and its norm; clean, adv: (top-1 label, its probability).
+    Each heat map has its own colour scale from 0 to its maximum, with a colorbar in activation units: a
+    panel shows where its layer changed; the colorbars and the filter norms in the titles say how much.
+    """
+    maps = torch.as_tensor(heatmaps).detach().cpu().float()
+    if maps.ndim != 3 or maps.shape[0] != len(layers):
+        raise ValueError(f"heatmaps must be (L, H, W) with L={len(layers)} layers, got shape {tuple(maps.shape)}")
+    fig = _new_figure((2.6 * (2 + len(layers)), 3.2))
+    axes = fig.subplots(1, 2 + len(layers))
+    truth = f"true: {_name(class_names, true_label)}\n" if true_label is not None else ""
+    for ax, img, text in ((axes[0], clean_img, f"{truth}original: {_name(class_names, clean[0])} ({clean[1]:.2f})"),
+                          (axes[1], adv_img, f"adversarial: {_name(class_names, adv[0])} ({adv[1]:.2f})")):
+        arr, cmap = _to_hwc(img)
+        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(text, fontsize=8)
+        ax.axis("off")
+    for ax, layer, m, f, norm in zip(axes[2:], layers, maps, filters, filter_norms):
+        top = float(m.max())
+        im = ax.imshow(m.numpy(), cmap="inferno", vmin=0, vmax=top if top > 0 else 1)
+        ax.set_title(f"{layer}, filter {int(f)}\n||diff|| = {float(norm):.3g}", fontsize=8)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def activation_depth(summary: pd.DataFrame, model: str) -> Figure:
+    """The relative change ``||a_adv - a|| / ||a||`` of ``model`` against depth: one panel per category
+    (``all`` first), one line per eps (the same colour in every panel) with its 95% interval band.
+    eps = 0 (no perturbation, change 0) is left out; log scale when every mean shown is positive."""
+    s = summary[(summary["model"] == model) & (summary["eps"] > 0)]
+    if s.empty:
+        raise ValueError(f"summary has no rows with eps > 0 for model {model!r}; models: "
+                         f"{sorted(summary['model'].unique())}")
+    order = ["all", *CATEGORIES]
+    cats = sorted(set(s["category"]), key=lambda c: (order.index(c) if c in order else len(order), c))
+    colors = {eps: f"C{i % 10}" for i, eps in enumerate(sorted(s["eps"].unique()))}
+    ncols = min(3, len(cats))
+    nrows = -(-len(cats) // ncols)
+    fig = _new_figure((4.4 * ncols, 3.6 * nrows))
+    grid = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
+    for ax in grid.ravel()[len(cats):]:
+        ax.axis("off")
+    axes = grid.ravel()[:len(cats)]
+    ticks = s.drop_duplicates("depth").sort_values("depth")
+    positive = bool((s["rel_change_mean"] > 0).all())
+    for ax, cat in zip(axes, cats):
+        for eps, g in s[s["category"] == cat].groupby("eps", sort=True):
+            g = g.sort_values("depth")
+            ax.plot(g["depth"], g["rel_change_mean"], marker="o", ms=3, color=colors[eps], label=f"{eps * 255:.3g}/255")
+            ax.fill_between(g["depth"], g["rel_change_low"], g["rel_change_high"], color=colors[eps], alpha=0.2)
+        n = int(s.loc[s["category"] == cat, "n"].max())
+        ax.set_title(f"{cat} (n <= {n} per eps)" if cat != "all" else f"all (n={n})", fontsize=10)
+        ax.set_xticks(ticks["depth"], ticks["layer"], rotation=90, fontsize=7)
+        if positive:
+            ax.set_yscale("log")
+    for row in grid:
+        row[0].set_ylabel("||a_adv - a|| / ||a||")
+    axes[0].legend(title="eps", fontsize=7)
+    fig.suptitle(f"{model}: relative change of the activations by depth (95% intervals)")
+# --- fooling images (paper section 4.2) ---
+
+def fooling_grid(
+    images: Sequence[Any],
+    above: Sequence[str],
+    below: Sequence[str],
+    per_row: int = 5,
+    title: str | None = None,
+) -> Figure:
+    """The paper's Figure 1: fooling images in a grid, each with a caption above (the source model's
+    prediction and confidence) and below (the target model's). ``images``: (C, H, W) in [0, 1]
+    (1 channel: gray)."""
+    if not (len(images) == len(above) == len(below)):
+        raise ValueError(f"images, above and below must have the same length, got {len(images)}, {len(above)}, {len(below)}")
+    if not isinstance(per_row, int) or per_row < 1:
+        raise ValueError(f"per_row must be a positive int, got {per_row!r}")
+    n = len(images)
+    if n == 0:
+        fig = _new_figure((6, 2))
+        fig.text(0.5, 0.5, "no fooling images", ha="center", va="center")
+        return fig
+    cols = min(n, per_row)
+    rows = -(-n // cols)
+    fig = _new_figure((2.3 * cols, 2.9 * rows + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, top, bottom) in enumerate(zip(images, above, below)):
+        ax = axes[i // cols, i % cols]
+        arr, cmap = _to_hwc(img)
+        ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(top, fontsize=8)
+        ax.text(0.5, -0.04, bottom, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

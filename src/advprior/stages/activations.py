@@ -1,0 +1,306 @@
+"""Stage ``activations``: where in the network the FGSM perturbation shows (paper section 5).
+
+On the attack study's adversarial images (recomputed with ``FGSMSweep`` on the same shards and batches as
+the study, so bit-identical to it where the backend is deterministic), for every model, eps and image:
+the relative change ``||a_adv - a|| / ||a||`` at every named layer (``advprior.analysis.activations``).
+For the target model's high-confidence examples of each category at the figure eps: the per-filter
+difference at ``activations.layers`` and the heat map of the filter that changed most (Figures 7 and 8).
+
+Store: ``activations/<activations_key>/layer_change.parquet`` (resumable by shard like the study) and
+``activation_examples/<examples_key>/examples.pt``. Run directory: ``activations/layer_change.parquet``,
+``layer_change.csv`` (means with 95% BCa intervals), ``examples.csv``; ``figures/activations_*.png``.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..analysis.activations import change_summary
+from ..analysis.activations_config import ActivationsConfig
+from ..analysis.categories import ADVERSARIAL_CATEGORIES
+from ..analysis.lit_activations import ActivationChangeModule, concat_examples, merge_rank_shards
+from ..analysis.outcomes import read_outcomes
+from ..analysis.rates import format_eps
+from ..context import RunContext
+from ..store import link_into
+from ..utils.io import load_torch, save_csv, save_parquet, save_torch
+from ..utils.loggers import log_figure, log_table
+from ..validation import ConfigError
+from . import attack_study
+from .attack_study import epsilons, paper_eps, study_key, use_true_labels
+from .train import make_trainer
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+STUDY_COLUMNS = ["category", "label_changed", "high_confidence"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved settings: eps values in [0,1] pixel units (the study's own floats), layers per model."""
+
+    epsilons: list[float]
+    figure_eps: float
+    change_layers: dict[str, list[str]]
+    map_layers: list[str]
+    examples_per_category: int
+
+
+def _match_eps(values, study: list[float], scale: float, key: str) -> list[float]:
+    out = []
+    for v in values:
+        hit = [e for e in study if abs(e - float(v) / scale) < 1e-12]
+        if not hit:
+            raise ConfigError(f"{key}={v} is not one of attack.epsilons {[e * scale for e in study]}; "
+                              f"the activations stage reuses the study's adversarial images")
+        out.append(hit[0])
+    return out
+
+
+def _settings(cfg) -> tuple[ActivationsConfig, list[float]]:
+    """The checked ``cfg.activations`` and its eps values in pixel units (the study's own floats)."""
+    acfg = ActivationsConfig.from_cfg(cfg.get("activations") or {})
+    study = epsilons(cfg)
+    if acfg.epsilons is None:
+        return acfg, study
+    return acfg, _match_eps(acfg.epsilons, study, float(cfg.attack.scale), "activations.epsilons")
+
+
+def make_plan(ctx: RunContext) -> Plan:
+    """Check ``cfg.activations`` against the study and the models (before any work) and resolve it."""
+    cfg = ctx.cfg
+    acfg, eps = _settings(cfg)
+    study, scale = epsilons(cfg), float(cfg.attack.scale)
+    fig_eps = paper_eps(cfg) if acfg.figure_eps is None else _match_eps(
+        [acfg.figure_eps], study, scale, "activations.figure_eps")[0]
+    change = {name: [n for n in (acfg.change_layers or m.layer_names) if n in m.layer_names]
+              for name, m in ctx.models.items()}
+    unknown = [n for n in acfg.change_layers or () if not any(n in v for v in change.values())]
+    if unknown:
+        raise ConfigError(f"activations.change_layers {unknown} are not named layers of any model: "
+                          f"{ {name: m.layer_names for name, m in ctx.models.items()} } (null = every named layer)")
+    n_ex = acfg.examples_per_category if acfg.layers else 0
+    if n_ex:
+        if fig_eps not in eps:
+            raise ConfigError(f"the figure eps {fig_eps * scale:g} is not among activations.epsilons "
+                              f"{[e * scale for e in eps]}; add it or set activations.figure_eps")
+        check_map_layers(ctx, acfg.layers)
+    return Plan(eps, fig_eps, change, list(acfg.layers), n_ex)
+
+
+def check_map_layers(ctx: RunContext, layers: list[str]) -> None:
+    """The heat-map layers must be conv or pool layers ``(B, F, h, w)`` of the target model."""
+    name = ctx.target_model
+    model = ctx.models[name]
+    missing = [n for n in layers if n not in model.layer_names]
+    if missing:
+        raise ConfigError(f"activations.layers {missing} are not named layers of the target model {name!r} "
+                          f"(it has {model.layer_names}); pick conv/pool layers or set activations.layers=[]")
+    param = next(model.parameters())
+    with torch.no_grad():
+        feats = model.features(torch.zeros(1, *ctx.datamodule.input_shape, device=param.device), layers)
+    flat = [n for n in layers if feats[n].ndim != 4]
+    if flat:
+        raise ConfigError(f"activations.layers {flat} of model {name!r} have no spatial maps (shape "
+                          f"{[tuple(feats[n].shape) for n in flat]}); heat maps need conv or pool layers")
+
+
+def activations_key(ctx: RunContext) -> str:
+    """What the per-image layer table depends on: the attack study (models, data, attack settings, seed),
+    the eps values, the layers and the code version."""
+    acfg, eps = _settings(ctx.cfg)
+    return ctx.store.key("activations", {"study": study_key(ctx), "epsilons": eps,
+                                         "change_layers": acfg.change_layers, "version": STAGE_VERSION})
+
+
+def examples_key(ctx: RunContext, plan: Plan, indices: list[int]) -> str:
+    """The Figure 7/8 data: the study, the target model, the figure eps, the map layers and the examples."""
+    return ctx.store.key("activation_examples", {
+        "study": study_key(ctx), "model": ctx.target_model, "eps": plan.figure_eps, "layers": plan.map_layers,
+        "indices": sorted(indices), "version": STAGE_VERSION})
+
+
+def select_examples(outcomes: pd.DataFrame, model: str, eps: float, n: int) -> pd.DataFrame:
+    """Up to ``n`` high-confidence examples per category (the paper's four) of ``model`` at ``eps``: the
+    most confident adversarial top-1 first, ties by index. Columns of the outcome table plus ``k``."""
+    g = outcomes[(outcomes["model"] == model) & (outcomes["eps"] == eps) & outcomes["high_confidence"]]
+    parts = []
+    for cat in ADVERSARIAL_CATEGORIES:
+        c = g[g["category"].astype(str) == cat].sort_values(["adv_top1_prob", "index"], ascending=[False, True])
+        parts.append(c.head(n).assign(k=np.arange(min(n, len(c)))))
+    return pd.concat(parts, ignore_index=True)
+
+
+def merge_shard(rank_dir: Path, table_path: Path | None, examples_path: Path | None) -> None:
+    """Rank 0's merge of one shard: every rank's rows and examples, padding duplicates dropped, written to
+    ``table_path`` / ``examples_path`` (None: not wanted); then the rank files go."""
+    rows, ex = merge_rank_shards(rank_dir)
+    if table_path is not None:
+        save_parquet(rows, table_path)
+    if examples_path is not None:
+        save_torch(ex, examples_path)
+    shutil.rmtree(rank_dir)
+
+
+def evaluate(ctx: RunContext, plan: Plan, table_dir: Path | None, ex_dir: Path | None,
+             examples: list[int]) -> None:
+    """Run the loop shard by shard (the study's shards and batch size), skipping shards already done.
+
+    ``table_dir``: where the layer table's shards go (None: the table is stored already); ``ex_dir``:
+    where the examples' shards go (None: stored already). A shard runs when its table part is missing or
+    when it holds an example whose part is missing.
+    """
+    cfg, dm = ctx.cfg, ctx.datamodule
+    dataset = dm.eval_dataset()
+    n, size = len(dataset), int(cfg.attack.shard_size)
+    batch = int(cfg.data.get("eval_batch_size") or cfg.data.batch_size)  # as attack_study.evaluate
+    for s, start in enumerate(range(0, n, size)):
+        stop = min(n, start + size)
+        mine = [i for i in examples if start <= i < stop]
+        table_path = table_dir / "shards" / f"{s:05d}.parquet" if table_dir is not None else None
+        ex_path = ex_dir / "shards" / f"{s:05d}.pt" if ex_dir is not None and mine else None
+        table_path = table_path if table_path is not None and not table_path.is_file() else None
+        ex_path = ex_path if ex_path is not None and not ex_path.is_file() else None
+        if table_path is None and ex_path is None:
+            log.info("activations: shard %d already done, skipping", s)
+            continue
+        rank_dir = (table_path or ex_path).parent / f"{s:05d}.ranks"
+        if rank_dir.exists():
+            shutil.rmtree(rank_dir)
+        models = {name: m for name, m in ctx.models.items()
+                  if (table_path is not None and plan.change_layers[name])
+                  or (ex_path is not None and name == ctx.target_model)}
+        module = ActivationChangeModule(
+            models, plan.epsilons, {m: plan.change_layers[m] for m in models}, rank_dir,
+            use_true_labels=use_true_labels(cfg), map_model=ctx.target_model, map_layers=plan.map_layers,
+            example_indices=mine if ex_path is not None else (), figure_eps=plan.figure_eps)
+        loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch,
+                            num_workers=int(cfg.data.get("num_workers", 0)))
+        trainer = make_trainer(ctx, "activations", 1, logger=False, inference_mode=False, callbacks=[])
+        trainer.test(module, dataloaders=loader, verbose=False)
+        if trainer.is_global_zero:
+            merge_shard(rank_dir, table_path, ex_path)
+        trainer.strategy.barrier()
+        log.info("activations: shard %d (%d images) done", s, stop - start)
+
+
+def finish_table(table_dir: Path, outcomes: pd.DataFrame) -> None:
+    """Join the shards with the study's categories, check the recomputed adversarial predictions against
+    the study's, write ``layer_change.parquet`` and drop the shards."""
+    parts = sorted((table_dir / "shards").glob("*.parquet"))
+    rows = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    study = outcomes[["model", "eps", "index", "adv_top1", "adv_top1_prob", *STUDY_COLUMNS]].rename(
+        columns={"adv_top1": "study_adv_top1", "adv_top1_prob": "study_adv_top1_prob"})
+    table = rows.merge(study, on=["model", "eps", "index"], how="left", validate="many_to_one")
+    if table["study_adv_top1"].isna().any():
+        raise RuntimeError("the layer table holds images the attack study does not: the store is inconsistent")
+    differ = (table["adv_top1"] != table["study_adv_top1"]) | (table["adv_top1_prob"] != table["study_adv_top1_prob"])
+    if differ.any():
+        log.warning("activations: %d of %d rows' adversarial predictions differ from the attack study's "
+                    "(non-deterministic kernels? set trainer.deterministic=true)", int(differ.sum()), len(table))
+    table = table.drop(columns=["study_adv_top1", "study_adv_top1_prob"])
+    save_parquet(table, table_dir / "layer_change.parquet")
+    shutil.rmtree(table_dir / "shards")
+
+
+def finish_examples(ex_dir: Path) -> None:
+    """Concatenate the examples' shards into ``examples.pt`` (an empty dict when there are none)."""
+    parts = [load_torch(p) for p in sorted((ex_dir / "shards").glob("*.pt"))]
+    save_torch(concat_examples(parts), ex_dir / "examples.pt")
+    if (ex_dir / "shards").exists():
+        shutil.rmtree(ex_dir / "shards")
+
+
+def example_rows(ex: dict, chosen: pd.DataFrame, plan: Plan, model: str) -> pd.DataFrame:
+    """examples.csv: one row per figure example and map layer."""
+    if not ex:
+        return pd.DataFrame(columns=["model", "eps", "eps_255", "category", "k", "index", "label", "layer",
+                                     "filter", "filter_norm", "clean_label", "clean_prob", "adv_label",
+                                     "adv_prob", "figure"])
+    pos = {int(i): p for p, i in enumerate(ex["index"].tolist())}
+    cp, ap = ex["clean_logits"].double().softmax(1), ex["adv_logits"].double().softmax(1)
+    recs = []
+    for _, r in chosen.iterrows():
+        p = pos[int(r["index"])]
+        for j, layer in enumerate(plan.map_layers):
+            recs.append({
+                "model": model, "eps": plan.figure_eps, "eps_255": plan.figure_eps * 255.0,
+                "category": str(r["category"]), "k": int(r["k"]), "index": int(r["index"]), "label": int(r["label"]),
+                "layer": layer, "filter": int(ex["filters"][p, j]), "filter_norm": float(ex["filter_norms"][p, j]),
+                "clean_label": int(cp[p].argmax()), "clean_prob": float(cp[p].max()),
+                "adv_label": int(ap[p].argmax()), "adv_prob": float(ap[p].max()),
+                "figure": f"activations_example_{r['category']}_{int(r['k'])}.png",
+            })
+    return pd.DataFrame.from_records(recs)
+
+
+def summarize(ctx: RunContext, plan: Plan, table: pd.DataFrame, ex: dict, chosen: pd.DataFrame) -> dict[str, float]:
+    """Tables, figures and metrics from the stored results (recomputes no activation)."""
+    from ..report import figures
+
+    cfg, run = ctx.cfg, ctx.run_dir
+    adir, fdir = run / "activations", run / "figures"
+    summary = change_summary(table, n_boot=int(cfg.attack.n_boot), seed=int(cfg.seed))
+    save_csv(summary, adir / "layer_change.csv")
+    metrics = {f"activations/{r.model}/eps={format_eps(r.eps)}/{r.layer}/rel_change": float(r.rel_change_mean)
+               for r in summary[summary["category"] == "all"].itertuples()}
+    target = ctx.target_model
+    if ((summary["model"] == target) & (summary["eps"] > 0)).any():
+        fig = figures.activation_depth(summary, target)
+        log_figure(ctx, "activations/depth", figures.save_figure(fig, fdir / "activations_depth.png"))
+    rows = example_rows(ex, chosen, plan, target)
+    save_csv(rows, adir / "examples.csv")
+    names = getattr(ctx.datamodule, "class_names", None)
+    pos = {int(i): p for p, i in enumerate(ex["index"].tolist())} if ex else {}
+    for _, r in chosen.iterrows():
+        p = pos[int(r["index"])]
+        er = rows[rows["index"] == r["index"]].iloc[0]
+        fig = figures.activation_example(
+            ex["clean"][p], ex["adv"][p], plan.map_layers, ex["heatmaps"][p], ex["filters"][p].tolist(),
+            ex["filter_norms"][p].tolist(), clean=(int(er.clean_label), float(er.clean_prob)),
+            adv=(int(er.adv_label), float(er.adv_prob)), true_label=int(r["label"]), class_names=names,
+            title=f"{target}, {r['category']} example {int(r['k'])} (image {int(r['index'])}), "
+                  f"eps={plan.figure_eps * 255:.3g}/255")
+        log_figure(ctx, f"activations/example_{r['category']}_{int(r['k'])}",
+                   figures.save_figure(fig, fdir / str(er.figure)))
+    log_table(ctx, "activations/examples", rows)
+    log_table(ctx, "activations/layer_change", summary)
+    return metrics
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    plan = make_plan(ctx)
+    key = study_key(ctx)
+    if not ctx.store.is_done("attack", key):
+        log.info("activations: the attack study is not stored yet; running it first")
+        attack_study.run(ctx)
+    outcomes = read_outcomes(ctx.store.path("attack", key) / "outcomes.parquet")
+    chosen = (select_examples(outcomes, ctx.target_model, plan.figure_eps, plan.examples_per_category)
+              if plan.examples_per_category else outcomes.iloc[:0].assign(k=0))
+    indices = chosen["index"].astype(int).tolist()
+    tkey, ekey = activations_key(ctx), examples_key(ctx, plan, indices)
+    table_dir, ex_dir = ctx.store.path("activations", tkey), ctx.store.path("activation_examples", ekey)
+    table_done, ex_done = ctx.store.is_done("activations", tkey), ctx.store.is_done("activation_examples", ekey)
+    if table_done and ex_done:
+        log.info("activations: reusing layer table %s", table_dir)
+    else:
+        evaluate(ctx, plan, None if table_done else table_dir, None if ex_done else ex_dir, indices)
+        if not table_done:
+            finish_table(table_dir, outcomes)
+            ctx.store.mark_done("activations", tkey)
+        if not ex_done:
+            finish_examples(ex_dir)
+            ctx.store.mark_done("activation_examples", ekey)
+    link_into(table_dir / "layer_change.parquet", ctx.run_dir / "activations" / "layer_change.parquet")
+    table = pd.read_parquet(table_dir / "layer_change.parquet")
+    metrics = summarize(ctx, plan, table, load_torch(ex_dir / "examples.pt"), chosen)
+    ctx.log_metrics(metrics)
+    return metrics

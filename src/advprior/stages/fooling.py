@@ -1,0 +1,205 @@
+"""Stage ``fooling``: fooling images (paper section 4.2, Figure 1; Nguyen, Yosinski & Clune 2015).
+
+For each source model and encoding (CPPN, and the direct pixel encoding as the control), MAP-Elites
+evolves one image per class that the source classifies as that class with the highest probability it
+can find. The archive is stored (keyed by ``fooling_key``) and checkpointed during the search, so a
+killed run resumes. Every elite is then scored by its source and by every target model, which gives
+``fooling/scores.csv``, ``fooling/summary.csv`` (transfer rates and confidences with 95% intervals),
+``fooling/progress.csv`` (the search per generation) and the Figure-1 grids
+``figures/fooling_<source>_to_<target>_<encoding>.png``.
+
+The search is not data-parallel: under DDP rank 0 runs it and the other ranks wait at a barrier.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..context import RunContext
+from ..fooling.config import ENCODINGS, FoolingConfig
+from ..fooling.encodings import build_encoding
+from ..fooling.map_elites import EliteArchive, class_probabilities, map_elites
+from ..fooling.scoring import fooling_summary, score_elites
+from ..store import link_into
+from ..utils.io import load_torch, save_csv, save_json, save_torch
+from ..utils.loggers import log_figure, log_table
+from .train import model_identity
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1
+
+
+def fooling_config(ctx: RunContext) -> FoolingConfig:
+    """The checked ``fooling`` config; its sources and targets must be configured models."""
+    fcfg = FoolingConfig.from_node(ctx.cfg.fooling)
+    fcfg.check_models(ctx.cfg.model)
+    return fcfg
+
+
+def fooling_key(ctx: RunContext, source: str, encoding: str) -> str:
+    """What the elites evolved on ``source`` with ``encoding`` depend on: the source's weights (its identity),
+    the image shape and classes, the search budget, that encoding's settings and the seed. Not the targets,
+    thresholds, figures or checkpoint interval (which never change the archive)."""
+    fcfg = fooling_config(ctx)
+    dm = ctx.datamodule
+    return ctx.store.key("fooling", {
+        "source": source, "model": model_identity(ctx, source), "input_shape": list(dm.input_shape),
+        "num_classes": int(dm.num_classes), "encoding": encoding,
+        "settings": dataclasses.asdict(getattr(fcfg, encoding)),
+        "search": {"population": fcfg.population, "generations": fcfg.generations, "batch_size": fcfg.batch_size,
+                   "device": fcfg.device},
+        "seed": int(ctx.cfg.seed), "version": STAGE_VERSION,
+    })
+
+
+def search_seeds(seed: int, source: str, encoding: str) -> list[np.random.SeedSequence]:
+    """Independent streams for one search: [parent selection, the encoding's generator]."""
+    return np.random.SeedSequence([int(seed), zlib.crc32(source.encode()), ENCODINGS.index(encoding)]).spawn(2)
+
+
+def evolve(ctx: RunContext, fcfg: FoolingConfig, source: str, encoding: str) -> Path:
+    """Run (or resume, or reuse) the search of ``source`` x ``encoding``; returns its store directory holding
+    ``elites.pt`` (``images`` (K, C, H, W) float in [0, 1], ``bins`` (K,)), ``genomes.json``, ``elites.csv``
+    (the source's scores during the search) and ``progress.csv``."""
+    key = fooling_key(ctx, source, encoding)
+    out = ctx.store.path("fooling", key)
+    if ctx.store.is_done("fooling", key):
+        log.info("fooling: reusing the %s elites of %s (%s)", encoding, source, out)
+        return out
+    model = ctx.models[source]
+    device = fcfg.resolve_device(model)
+    sel, enc_seed = search_seeds(int(ctx.cfg.seed), source, encoding)
+    encoding_obj = build_encoding(encoding, fcfg, tuple(ctx.datamodule.input_shape), device, enc_seed)
+    t0 = time.perf_counter()
+    with moved_to([model], device):
+        archive = map_elites(class_probabilities(model), encoding_obj, int(ctx.datamodule.num_classes),
+                             fcfg.population, fcfg.generations, fcfg.batch_size, np.random.default_rng(sel),
+                             checkpoint=out / "checkpoint.pt", checkpoint_every=fcfg.checkpoint_every,
+                             label=f"fooling {source}/{encoding}")
+    seconds = time.perf_counter() - t0
+    save_elites(out, archive, encoding_obj)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    ctx.store.mark_done("fooling", key, meta={"evaluations": archive.evaluations, "search_seconds": seconds})
+    log.info("fooling: %s/%s evolved in %.1f s (%d evaluations)", source, encoding, seconds, archive.evaluations)
+    return out
+
+
+def save_elites(out: Path, archive: EliteArchive, encoding) -> None:
+    bins = archive.filled()
+    save_torch({"images": archive.images[torch.from_numpy(bins).to(archive.images.device)].cpu(),
+                "bins": torch.from_numpy(bins)}, out / "elites.pt")
+    save_json([{"bin_class": int(k), "genome": encoding.gene_to_json(archive.genes[k])} for k in bins],
+              out / "genomes.json")
+    save_csv(pd.DataFrame({"bin_class": bins, "bin_class_prob": archive.fitness.numpy()[bins],
+                           "top1": archive.top1.numpy()[bins], "top1_prob": archive.top1_prob.numpy()[bins]}),
+             out / "elites.csv")
+    save_csv(pd.DataFrame(archive.history), out / "progress.csv")
+
+
+@contextmanager
+def moved_to(models: list[torch.nn.Module], device: torch.device) -> Iterator[None]:
+    """Move ``models`` to ``device`` for the block, then back to where each one was."""
+    homes = [next(m.parameters()).device for m in models]
+    for m in models:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in zip(models, homes):
+            m.to(home)
+
+
+def on_rank_zero(fn: Callable[[], object]) -> None:
+    """Run ``fn`` on rank 0 only when a process group is up (the others wait at a barrier); else run it."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_rank() == 0:
+            fn()
+        dist.barrier()
+    else:
+        fn()
+
+
+def _label(names, cls: int, width: int = 16) -> str:
+    name = str(names[cls]) if names is not None else str(cls)
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def grid_figure(ctx: RunContext, fcfg: FoolingConfig, scores: pd.DataFrame, images: torch.Tensor, bins: list[int],
+                source: str, target: str, encoding: str) -> Path:
+    """Figure 1 for one pair: the ``grid_samples`` elites the source is most confident of (bin-class
+    probability), the source's prediction above each image (and the bin's class where the source predicts
+    another) and the target's prediction below."""
+    from ..report.figures import fooling_grid, save_figure
+
+    names = getattr(ctx.datamodule, "class_names", None)
+    g = scores[(scores["source"] == source) & (scores["encoding"] == encoding)]
+    src = g[g["scored_by"] == source].set_index("bin_class")
+    tgt = g[g["scored_by"] == target].set_index("bin_class")
+    chosen = src.sort_values(["bin_class_prob"], ascending=False, kind="stable").index[:fcfg.grid_samples]
+    pos = {k: i for i, k in enumerate(bins)}
+    fig = fooling_grid(
+        [images[pos[k]] for k in chosen],
+        [f"{source}: {_label(names, src.at[k, 'top1'])} ({src.at[k, 'top1_prob']:.2f})"
+         + ("" if src.at[k, "top1"] == k else f"\n[bin {_label(names, k)}: {src.at[k, 'bin_class_prob']:.2f}]")
+         for k in chosen],
+        [f"{target}: {_label(names, tgt.at[k, 'top1'])} ({tgt.at[k, 'top1_prob']:.2f})" for k in chosen],
+        title=f"{encoding} fooling images evolved on {source} (above), scored by {target} (below)")
+    return save_figure(fig, ctx.run_dir / "figures" / f"fooling_{source}_to_{target}_{encoding}.png")
+
+
+def run(ctx: RunContext) -> dict[str, float]:
+    fcfg = fooling_config(ctx)
+    sources = fcfg.sources or list(ctx.cfg.model)
+    targets = fcfg.targets or list(ctx.cfg.model)
+    on_rank_zero(lambda: [evolve(ctx, fcfg, s, e) for s in sources for e in fcfg.encodings])
+    fdir = ctx.run_dir / "fooling"
+    scores, progress, elites = [], [], {}
+    for source in sources:
+        scorers = {source: ctx.models[source], **{t: ctx.models[t] for t in targets if t != source}}
+        if len(scorers) == 1:
+            log.warning("fooling: no model besides %s scores its elites; add one to fooling.targets", source)
+        for enc in fcfg.encodings:
+            out = ctx.store.path("fooling", fooling_key(ctx, source, enc))
+            saved = load_torch(out / "elites.pt")
+            elites[(source, enc)] = (saved["images"], saved["bins"].tolist())
+            with moved_to(list(scorers.values()), fcfg.resolve_device(ctx.models[source])):
+                scores.append(score_elites(source, enc, saved["images"], saved["bins"].tolist(), scorers,
+                                           fcfg.batch_size))
+            progress.append(pd.read_csv(out / "progress.csv").assign(source=source, encoding=enc))
+            for name in ("elites.pt", "genomes.json"):
+                link_into(out / name, fdir / "elites" / f"{source}_{enc}_{name}")
+    scores_df = pd.concat(scores, ignore_index=True)
+    summary = fooling_summary(scores_df, fcfg.thresholds, fcfg.n_resamples, int(ctx.cfg.seed))
+    progress_df = pd.concat(progress, ignore_index=True)
+    save_csv(scores_df, fdir / "scores.csv")
+    save_csv(summary, fdir / "summary.csv")
+    save_csv(progress_df[["source", "encoding"] + [c for c in progress_df.columns if c not in ("source", "encoding")]],
+             fdir / "progress.csv")
+    metrics: dict[str, float] = {}
+    for (source, enc), g in scores_df[scores_df["scored_by"] == scores_df["source"]].groupby(["source", "encoding"]):
+        p = g["bin_class_prob"].to_numpy()
+        metrics[f"fooling/{source}/{enc}/source_conf_mean"] = float(g["top1_prob"].mean())
+        metrics[f"fooling/{source}/{enc}/bin_class_prob_mean"] = float(p.mean())
+        for th in fcfg.thresholds:
+            metrics[f"fooling/{source}/{enc}/share_above_{th:g}"] = float((p > th).mean())
+    for _, r in summary.iterrows():
+        for col in ("transfer_rate", "target_conf_mean", "target_bin_prob_mean"):
+            metrics[f"fooling/{r.source}/{r.target}/{r.encoding}/{col}"] = float(r[col])
+        images, bins = elites[(r.source, r.encoding)]
+        path = grid_figure(ctx, fcfg, scores_df, images, bins, r.source, r.target, r.encoding)
+        log_figure(ctx, f"fooling/{r.source}_to_{r.target}/{r.encoding}", path)
+    log_table(ctx, "fooling/scores", scores_df)
+    log_table(ctx, "fooling/summary", summary)
+    ctx.log_metrics(metrics)
+    return metrics
