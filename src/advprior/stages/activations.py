@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .. import distributed
 from ..analysis.activations import change_summary
 from ..analysis.activations_config import ActivationsConfig
 from ..analysis.categories import ADVERSARIAL_CATEGORIES
@@ -279,7 +280,7 @@ def summarize(ctx: RunContext, plan: Plan, table: pd.DataFrame, ex: dict, chosen
 def run(ctx: RunContext) -> dict[str, float]:
     plan = make_plan(ctx)
     key = study_key(ctx)
-    if not ctx.store.is_done("attack", key):
+    if not distributed.broadcast_object(ctx.store.is_done("attack", key)):  # rank 0 decides for every rank
         log.info("activations: the attack study is not stored yet; running it first")
         attack_study.run(ctx)
     outcomes = read_outcomes(ctx.store.path("attack", key) / "outcomes.parquet")
@@ -288,19 +289,25 @@ def run(ctx: RunContext) -> dict[str, float]:
     indices = chosen["index"].astype(int).tolist()
     tkey, ekey = activations_key(ctx), examples_key(ctx, plan, indices)
     table_dir, ex_dir = ctx.store.path("activations", tkey), ctx.store.path("activation_examples", ekey)
-    table_done, ex_done = ctx.store.is_done("activations", tkey), ctx.store.is_done("activation_examples", ekey)
+    table_done, ex_done = distributed.broadcast_object(
+        (ctx.store.is_done("activations", tkey), ctx.store.is_done("activation_examples", ekey)))
     if table_done and ex_done:
         log.info("activations: reusing layer table %s", table_dir)
     else:
         evaluate(ctx, plan, None if table_done else table_dir, None if ex_done else ex_dir, indices)
-        if not table_done:
-            finish_table(table_dir, outcomes)
-            ctx.store.mark_done("activations", tkey)
-        if not ex_done:
-            finish_examples(ex_dir)
-            ctx.store.mark_done("activation_examples", ekey)
-    link_into(table_dir / "layer_change.parquet", ctx.run_dir / "activations" / "layer_change.parquet")
-    table = pd.read_parquet(table_dir / "layer_change.parquet")
-    metrics = summarize(ctx, plan, table, load_torch(ex_dir / "examples.pt"), chosen)
+        if distributed.is_rank_zero():  # every rank ran the loop; rank 0 alone joins and stores
+            if not table_done:
+                finish_table(table_dir, outcomes)
+                ctx.store.mark_done("activations", tkey)
+            if not ex_done:
+                finish_examples(ex_dir)
+                ctx.store.mark_done("activation_examples", ekey)
+        distributed.barrier()
+    if not distributed.is_rank_zero():
+        return {}
+    with distributed.alone():
+        link_into(table_dir / "layer_change.parquet", ctx.run_dir / "activations" / "layer_change.parquet")
+        table = pd.read_parquet(table_dir / "layer_change.parquet")
+        metrics = summarize(ctx, plan, table, load_torch(ex_dir / "examples.pt"), chosen)
     ctx.log_metrics(metrics)
     return metrics
