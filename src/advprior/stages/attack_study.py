@@ -189,7 +189,8 @@ def run(ctx: RunContext) -> dict[str, float]:
     else:
         skipped = evaluate(ctx, out)
         if distributed.is_rank_zero():
-            ctx.store.mark_done("attack", key, meta={"skipped": skipped})
+            ctx.store.mark_done("attack", key, meta={
+                "bad_files": bad_file_metrics(ctx.datamodule.eval_dataset(), "eval", skipped)})
         distributed.barrier()
     if not distributed.is_rank_zero():
         return {}
@@ -197,7 +198,6 @@ def run(ctx: RunContext) -> dict[str, float]:
         link_into(out / "outcomes.parquet", ctx.run_dir / "attack" / "outcomes.parquet")
         link_into(out / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
         metrics = summarize(ctx, read_outcomes(out / "outcomes.parquet"), pd.read_parquet(out / "transfer.parquet"))
-        metrics.update(bad_file_metrics(ctx.datamodule.eval_dataset(), "eval",
-                                        ctx.store.read_meta("attack", key).get("skipped", [])))
+        metrics.update(ctx.store.read_meta("attack", key).get("bad_files", {}))
     ctx.log_metrics(metrics)
     return metrics

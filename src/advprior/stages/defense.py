@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from ..analysis.rates import bootstrap_ci, format_eps
 from .. import distributed
+from ..analysis.rates import bootstrap_ci, format_eps
 from ..attacks import FGSM, PGD, FGSMSweep
 from ..context import RunContext
 from ..loops import Table, bad_file_metrics, numerics, stage_loop, stage_models
@@ -128,7 +128,7 @@ def evaluate_defense(ctx: RunContext, out: Path) -> list[int] | None:
     defended = defended_model(ctx, base)
     step = DefenseStep(base, defended, epsilons(cfg), cfg.defense, use_true_labels(cfg), int(cfg.seed))
     result = stage_loop(ctx, "defense", ctx.datamodule.eval_dataset(), step, {"defended": defended},
-                        DEFENSE_TABLES, out, shard_size=int(cfg.defense.get("shard_size") or 512), grad=True)
+                        DEFENSE_TABLES, out, shard_size=int(cfg.defense.shard_size), grad=True)
     return result.skipped if result is not None else None
 
 

@@ -88,10 +88,10 @@ def fit_device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
-def fit_prior(ctx: RunContext, features_key_: str, out) -> tuple[ClassPrior, dict]:
+def fit_prior(ctx: RunContext, fkey: str, out) -> tuple[ClassPrior, dict]:
     """Rank 0's work: fit the prior on the stored features (on ``fit_device``), store it, return it (CPU)."""
     cfg, pcfg = ctx.cfg, ctx.cfg.prior
-    feats = load_torch(ctx.store.path("features", features_key_) / "features.pt")
+    feats = load_torch(ctx.store.path("features", fkey) / "features.pt")
     device = fit_device(cfg)
     x, y = feats["features"].to(device), feats["labels"].to(device)
     bw = pcfg.bandwidth
@@ -105,7 +105,6 @@ def fit_prior(ctx: RunContext, features_key_: str, out) -> tuple[ClassPrior, dic
         kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
         batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed), trainer_kwargs=trainer_kwargs,
     )
-    prior = prior.to(device)
     evr = prior.pca.explained_variance_ratio_.sum(1)
     with torch.no_grad():  # each support point under its own class only (not all C classes)
         own = torch.cat([prior(xs, classes=ys[:, None]).squeeze(1) for xs, ys in zip(x.split(4096), y.split(4096))])
