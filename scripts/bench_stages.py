@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--pgd-steps", type=int, default=10, help="defense.adaptive.pgd.steps (paper run: 10)")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (the images are in memory)")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 4 on a GPU, else 0)")
     ap.add_argument("--stages", default="attack,features,defense")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (advprior.utils.bench)")
     args = ap.parse_args()
@@ -142,6 +142,7 @@ def main() -> None:
     batch = args.batch or (2 if args.quick else 64 if cuda else 4)
     repeats = args.repeats or (1 if args.quick else 3)
     steps = 1 if args.quick else args.pgd_steps
+    workers = args.workers if args.workers is not None else (4 if cuda and not args.quick else 0)
     eps = [e / 255 for e in PAPER_EPS]
 
     torch.manual_seed(0)
@@ -159,7 +160,7 @@ def main() -> None:
 
     def loop(step, mods, tables, grad: bool, data=dataset) -> Callable[[Path], None]:
         return lambda out: run_loop(data, step, mods, tables, out, make_trainer=make_trainer, shard_size=max(n, 1),
-                                    batch_size=batch, num_workers=args.workers, input_shape=(3, size, size),
+                                    batch_size=batch, num_workers=workers, input_shape=(3, size, size),
                                     grad=grad, channels_last=args.channels_last, pin_memory=cuda)
 
     stages: dict[str, Callable[[TensorImageDataset], Callable[[Path], None]]] = {}
@@ -197,7 +198,7 @@ def main() -> None:
         floor_total += PAPER_COUNTS[name] / fips / 3600
         log.info("%-8s %8.2f img/s  floor %8.2f img/s  ratio %.2fx  (%d fwd+bwd, %d fwd per image)  paper run %.1f h",
                  name, ips, fips, ratio, n_fb, n_f, hours)
-        setting = f"{n} images, batch {batch}, {size}x{size}, {args.precision}, {device}"
+        setting = f"{n} images, batch {batch}, {size}x{size}, {args.precision}, {workers} workers, {device}"
         rows += [
             BenchRow(f"{name}: stage vs its bare VGG-19 passes", ratio, "x", f"<= {TARGET}x", ratio <= TARGET,
                      f"{stage_s:.3f} s vs {floor_s:.3f} s; {n_fb} fwd+bwd + {n_f} fwd per image; {setting}"),
@@ -211,7 +212,7 @@ def main() -> None:
     if args.json:
         write_results(args.json, "bench_stages.py", rows, settings={
             "quick": args.quick, "images": n, "batch": batch, "size": size, "classes": classes, "repeats": repeats,
-            "pgd_steps": steps, "precision": args.precision, "channels_last": args.channels_last,
+            "pgd_steps": steps, "workers": workers, "precision": args.precision, "channels_last": args.channels_last,
             "device": str(device), "eps_255": PAPER_EPS})
         log.info("results: %s", args.json)
 

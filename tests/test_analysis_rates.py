@@ -1,4 +1,4 @@
-"""Bootstrap intervals, per-eps summaries, category counts, metric names and the transfer matrix."""
+"""Per-eps summaries (Wilson and BCa intervals), category counts, metric names and the transfer matrix."""
 from __future__ import annotations
 
 import math
@@ -8,66 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-import advprior.analysis.rates as rates
+from statsmodels.stats.proportion import proportion_confint
+
 from advprior.analysis.categories import CATEGORIES
-from advprior.analysis.rates import attack_summary, bootstrap_ci, category_counts, metric_dict
+from advprior.analysis.intervals import bca_interval
+from advprior.analysis.rates import attack_summary, category_counts, metric_dict
 from advprior.analysis.transfer import pivot, transfer_matrix
-
-
-def _slow_bootstrap(values, n_boot, alpha, seed):
-    """Reference: one resample per loop iteration from the same Generator stream."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(v), size=len(v))
-        means.append(v[idx].mean())
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return v.mean(), lo, hi
-
-
-@pytest.mark.parametrize("chunk_elements", [1 << 22, 100, 1])
-def test_bootstrap_matches_slow_loop_reference(monkeypatch, chunk_elements):
-    monkeypatch.setattr(rates, "_CHUNK_ELEMENTS", chunk_elements)  # many chunks must not change the stream
-    rng = np.random.default_rng(1)
-    vals = rng.normal(size=37)
-    got = bootstrap_ci(vals, n_boot=300, alpha=0.1, seed=7)
-    ref = _slow_bootstrap(vals, 300, 0.1, 7)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
-    bools = rng.random(41) < 0.3
-    np.testing.assert_allclose(bootstrap_ci(bools, n_boot=200, seed=3), _slow_bootstrap(bools, 200, 0.05, 3), atol=1e-12)
-
-
-def test_bootstrap_contains_mean_and_is_deterministic():
-    vals = np.random.default_rng(0).random(500) < 0.4
-    m, lo, hi = bootstrap_ci(vals, n_boot=500, seed=0)
-    assert m == pytest.approx(vals.mean())
-    assert lo < m < hi
-    assert bootstrap_ci(vals, n_boot=500, seed=0) == (m, lo, hi)
-    assert bootstrap_ci(vals, n_boot=500, seed=1) != (m, lo, hi)
-    assert bootstrap_ci(torch.from_numpy(vals), n_boot=500, seed=0) == (m, lo, hi)
-
-
-def test_bootstrap_degenerate_and_empty():
-    assert bootstrap_ci(np.ones(10, dtype=bool)) == (1.0, 1.0, 1.0)
-    assert bootstrap_ci(np.zeros(7)) == (0.0, 0.0, 0.0)
-    assert bootstrap_ci(np.full(5, 0.25)) == (0.25, 0.25, 0.25)
-    assert bootstrap_ci([0.5]) == (0.5, 0.5, 0.5)
-    assert all(math.isnan(x) for x in bootstrap_ci(np.array([], dtype=bool)))
-    with pytest.raises(ValueError, match="n_boot"):
-        bootstrap_ci([1.0, 0.0], n_boot=0)
-    with pytest.raises(ValueError, match="alpha"):
-        bootstrap_ci([1.0, 0.0], alpha=1.5)
-
-
-def test_bootstrap_agrees_with_binomial_standard_error_for_large_n():
-    n, p = 50_000, 0.3
-    vals = np.random.default_rng(2).random(n) < p
-    m, lo, hi = bootstrap_ci(vals, n_boot=1000, seed=0)
-    se = math.sqrt(m * (1 - m) / n)
-    # percentile interval of a near-normal statistic: half-width ~ 1.96 SE, centered on the mean
-    assert (hi - lo) / 2 == pytest.approx(1.959964 * se, rel=0.1)
-    assert (lo + hi) / 2 == pytest.approx(m, abs=0.2 * se)
 
 
 def _frame():
@@ -97,7 +43,7 @@ def test_attack_summary_equals_hand_counts():
     assert s["eps"].tolist() == [0.0, 1 / 255]
     r0, r1 = s.iloc[0], s.iloc[1]
     assert r0["n"] == 4 and r0["clean_acc"] == 0.5 and r0["label_changed_rate"] == 0.0
-    assert r0["label_changed_rate_low"] == r0["label_changed_rate_high"] == 0.0
+    assert r0["label_changed_rate_low"] == 0.0
     assert math.isnan(r0["mean_second_prob_high_conf"]) and r0["n_high_conf"] == 0
     assert r1["n"] == 10 and r1["n_clean_correct"] == 7 and r1["n_high_conf"] == 3
     assert r1["clean_acc"] == pytest.approx(0.7)
@@ -107,9 +53,16 @@ def test_attack_summary_equals_hand_counts():
     assert r1["high_conf_rate"] == pytest.approx(0.3)
     assert r1["fooling_rate"] == pytest.approx(4 / 7)
     assert r1["mean_second_prob_high_conf"] == pytest.approx(0.2)
-    for m in ("clean_acc", "adv_acc", "label_changed_rate", "high_conf_rate", "fooling_rate"):
-        assert r1[f"{m}_low"] <= r1[m] <= r1[f"{m}_high"]
-        assert 0.0 <= r1[f"{m}_low"] and r1[f"{m}_high"] <= 1.0
+    # rates: Wilson intervals of (successes, trials), as statsmodels computes them
+    for m, k, n in (("clean_acc", 7, 10), ("clean_top5_acc", 9, 10), ("adv_acc", 4, 10),
+                    ("label_changed_rate", 6, 10), ("high_conf_rate", 3, 10), ("fooling_rate", 4, 7)):
+        assert (r1[f"{m}_low"], r1[f"{m}_high"]) == pytest.approx(proportion_confint(k, n, method="wilson"), abs=1e-12)
+    # the mean second-best probability: BCa over the three high-confidence rows, with the summary's seed
+    ci = bca_interval([0.1, 0.2, 0.3], n_resamples=200, seed=0)
+    assert (r1["mean_second_prob_high_conf_low"], r1["mean_second_prob_high_conf_high"]) == (ci.low, ci.high)
+    assert ci.low < 0.2 < ci.high
+    assert math.isnan(r0["mean_second_prob_high_conf_low"])  # no high-confidence rows: no interval
+    assert r0["clean_acc_low"] > 0 and r0["label_changed_rate_high"] > 0  # Wilson: 0/4 is not a certain 0
     assert s["n"].dtype == np.int64
 
 
@@ -148,7 +101,10 @@ def test_transfer_matrix_hand_case():
     assert r["adv_acc"] == pytest.approx(0.25)
     assert r["mean_confidence"] == pytest.approx((0.8 + 0.6 + 0.7 + 0.9) / 4)
     assert r["mean_confidence_fooled"] == pytest.approx((0.8 + 0.7) / 2)
-    assert r["fooling_rate_low"] <= r["fooling_rate"] <= r["fooling_rate_high"]
+    assert (r["fooling_rate_low"], r["fooling_rate_high"]) == pytest.approx(proportion_confint(2, 3, method="wilson"))
+    assert (r["adv_acc_low"], r["adv_acc_high"]) == pytest.approx(proportion_confint(1, 4, method="wilson"))
+    ci = bca_interval(adv_logits.double().softmax(1).amax(1), n_resamples=200, seed=0)
+    assert (r["mean_confidence_low"], r["mean_confidence_high"]) == (ci.low, ci.high)
     assert m.iloc[1]["fooling_rate"] == pytest.approx(0.75)
     table = pivot(m)
     assert table.loc["vgg19", "vgg11"] == pytest.approx(2 / 3) and table.shape == (1, 2)

@@ -37,6 +37,14 @@ def test_study_end_to_end_outputs(make_cfg, caplog):
     assert s.loc[8.0, "label_changed_rate_low"] <= s.loc[8.0, "label_changed_rate"] <= s.loc[8.0, "label_changed_rate_high"]
     assert metrics["attack/vgg_small/eps=0.003333/adv_acc"] == pytest.approx(
         df[(df.model == "vgg_small") & (df.eps == 0.85 / 255)]["adv_correct"].mean())
+    paired = pd.read_csv(run / "attack" / "paired.csv")
+    assert set(zip(paired.model_a, paired.model_b)) == {("vgg_small", "shallow")} and len(paired) == 3 * 4
+    p = paired[(paired.eps_255 == 8.0) & (paired.metric == "label_changed_rate")].iloc[0]
+    d_shallow = df[(df.model == "shallow") & (df.eps == 8 / 255)]
+    assert p["diff"] == pytest.approx(d["label_changed"].mean() - d_shallow["label_changed"].mean())
+    assert metrics["attack/paired/vgg_small-vs-shallow/eps=0.03137/label_changed_rate_diff"] == pytest.approx(p["diff"])
+    gaps = pd.read_csv(run / "attack" / "transfer_paired.csv")
+    assert set(zip(gaps.source, gaps.target)) == {("vgg_small", "shallow"), ("shallow", "vgg_small")}
     cats = pd.read_csv(run / "attack" / "categories.csv")
     assert (cats.drop(columns=["eps", "model"]).sum(axis=1) == 40).all()
     transfer = pd.read_csv(run / "attack" / "transfer.csv")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from advprior.fooling.scoring import SCORE_COLUMNS, fooling_summary, mean_interval, score_elites, wilson_interval
+from advprior.fooling.scoring import SCORE_COLUMNS, fooling_summary, score_elites
 from advprior.models.classifier import Classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,18 +73,6 @@ def test_summary_rates_and_intervals_equal_hand_computations():
     assert r["share_above_0.5"] == pytest.approx(3 / 5) and r["share_above_0.99"] == pytest.approx(2 / 5)
     u = summary[(summary["target"] == "u") & (summary["encoding"] == "direct")].iloc[0]
     assert u["transfer_rate"] == 0 and u["transfer_rate_low"] == 0 and u["transfer_rate_high"] > 0
-
-
-def test_interval_helpers_edge_cases():
-    assert all(math.isnan(v) for v in wilson_interval(0, 0))
-    rate, lo, hi = wilson_interval(10, 10)
-    assert rate == 1 and hi == pytest.approx(1) and 0.6 < lo < 0.75
-    assert all(math.isnan(v) for v in mean_interval([]))
-    m, lo, hi = mean_interval([0.3])
-    assert m == 0.3 and math.isnan(lo) and math.isnan(hi)
-    vals = np.random.default_rng(0).uniform(size=40)
-    a, b = mean_interval(vals, 1000, seed=1), mean_interval(vals, 1000, seed=1)
-    assert a == b and a[1] < vals.mean() < a[2] and a[0] == pytest.approx(vals.mean())
 
 
 def test_fooling_grid_draws_captions_above_and_below():

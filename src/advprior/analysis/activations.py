@@ -19,7 +19,6 @@ take the difference inside forward hooks, so only the clean activations of a bat
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..attacks import FGSMSweep
 from .categories import ADVERSARIAL_CATEGORIES
+from .intervals import bca_interval
 
 log = logging.getLogger(__name__)
 
@@ -237,38 +237,19 @@ def empty_layer_change() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(LAYER_CHANGE_COLUMNS, dtypes)})
 
 
-def _bootstrap(data: np.ndarray, method: str, n_boot: int, seed: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds of the mean of each row of ``data`` (G, n), all rows resampled with the same indices."""
-    from scipy.stats import bootstrap
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns on a degenerate BCa; the caller falls back
-        ci = bootstrap((data,), np.mean, n_resamples=n_boot, confidence_level=1 - alpha, method=method,
-                       vectorized=True, axis=-1, random_state=np.random.default_rng(seed)).confidence_interval
-    return np.atleast_1d(ci.low), np.atleast_1d(ci.high)
-
-
 def mean_intervals(samples: Sequence[np.ndarray], n_boot: int, seed: int,
                    alpha: float = 0.05) -> list[tuple[float, float, float]]:
-    """(mean, low, high) of each 1-D sample: its mean with a (1 - alpha) BCa bootstrap interval
-    (``scipy.stats.bootstrap``, ``n_boot`` resamples, seeded). Samples of one length share one call, so the
-    same resamples (as for the layers of one image set). Fewer than 2 values: NaN bounds (no values: NaN
-    mean); constant values: ``low == high == mean``; a degenerate BCa (NaN bounds): the percentile interval."""
-    # TODO(intervals): use advprior.analysis.intervals' BCa helper once it lands (the same scipy call).
-    samples = [np.asarray(v, dtype=np.float64).reshape(-1) for v in samples]
+    """(mean, low, high) of each 1-D sample: its mean with a seeded (1 - alpha) BCa bootstrap interval
+    (``advprior.analysis.intervals.bca_interval``, ``n_boot`` resamples). Fewer than 2 values: NaN bounds
+    (no values: NaN mean); constant values: ``low == high == mean``."""
     out: list[tuple[float, float, float]] = []
-    by_size: dict[int, list[int]] = {}
-    for i, v in enumerate(samples):
-        mean = float(v.mean()) if v.size else np.nan
-        out.append((mean, np.nan, np.nan) if v.size < 2 else (mean, mean, mean))
-        if v.size >= 2 and not np.all(v == v[0]):
-            by_size.setdefault(v.size, []).append(i)
-    for idx in by_size.values():
-        low, high = _bootstrap(np.stack([samples[i] for i in idx]), "BCa", n_boot, seed, alpha)
-        for i, lo, hi in zip(idx, low, high):
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                lo, hi = (b[0] for b in _bootstrap(samples[i][None], "percentile", n_boot, seed, alpha))
-            out[i] = (out[i][0], float(lo), float(hi))
+    for v in samples:
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        if v.size == 0:
+            out.append((np.nan, np.nan, np.nan))
+            continue
+        iv = bca_interval(v, n_resamples=n_boot, alpha=alpha, seed=seed)
+        out.append((float(v.mean()), iv.low, iv.high))
     return out
 
 

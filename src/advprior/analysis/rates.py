@@ -1,24 +1,20 @@
-"""Rates with percentile-bootstrap intervals, per-eps attack summaries and category counts.
+"""Per-eps attack summaries (rates with Wilson intervals, a mean with a BCa interval) and category counts.
 
-``bootstrap_ci``: resample the n values with replacement ``n_boot`` times (indices drawn by a
-``numpy.random.default_rng(seed)`` Generator as one (n_boot, n) stream, in row chunks to bound memory),
-take each resample's mean, and report the ``alpha/2`` and ``1 - alpha/2`` quantiles (linear interpolation)
-of those means. Constant input gives ``low == high == mean`` exactly; empty input gives NaN for all three.
+Intervals come from ``advprior.analysis.intervals``: every rate (accuracies, label-changed,
+high-confidence and fooling rates) gets a Wilson score interval; ``mean_second_prob_high_conf``, a mean of
+probabilities, gets a seeded BCa bootstrap interval (``n_boot`` resamples).
 """
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from advprior.analysis.categories import CATEGORIES, to_numpy
+from advprior.analysis.categories import CATEGORIES
+from advprior.analysis.intervals import bca_interval, rate_interval
 
 log = logging.getLogger(__name__)
-
-_CHUNK_ELEMENTS = 1 << 22  # ~32 MiB of int64 indices per chunk
 
 RATE_METRICS: tuple[tuple[str, str, str | None], ...] = (
     # (summary name, outcome column, restricting column or None)
@@ -32,41 +28,19 @@ RATE_METRICS: tuple[tuple[str, str, str | None], ...] = (
 )
 """Metrics of ``attack_summary``: the mean of a column, optionally over the rows where another is True."""
 
-
-def bootstrap_ci(values: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) of ``values`` ((n,) bool or float) with a percentile-bootstrap (1 - alpha) interval."""
-    if not isinstance(n_boot, int) or isinstance(n_boot, bool) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    v = to_numpy(values).astype(np.float64).reshape(-1)
-    n = v.shape[0]
-    if n == 0:
-        return (math.nan, math.nan, math.nan)
-    if np.isnan(v).any():
-        raise ValueError("values must not contain NaN")
-    mean = float(v.mean())
-    if np.all(v == v[0]):
-        # every resample has the same mean; avoid floating noise in the bounds
-        return (mean, mean, mean)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_boot, _CHUNK_ELEMENTS // n))
-    boot_means = np.empty(n_boot, dtype=np.float64)
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(rows, n))
-        boot_means[start:start + rows] = v[idx].mean(axis=1)
-    low, high = np.quantile(boot_means, [alpha / 2, 1 - alpha / 2])
-    return (mean, float(low), float(high))
+MEAN_METRICS = frozenset({"mean_second_prob_high_conf"})
+"""The metrics of ``RATE_METRICS`` that are means of numbers (BCa interval), not rates (Wilson interval)."""
 
 
 def attack_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """One row per eps (ascending) of an outcome frame.
 
     Columns: ``eps``, ``eps_255``, ``n``, ``n_clean_correct``, ``n_high_conf``, then for each metric
-    ``m`` in ``RATE_METRICS`` the columns ``m``, ``m_low``, ``m_high`` (bootstrap (1 - alpha) interval,
-    same ``seed`` for each metric). ``fooling_rate`` = label-changed rate among clean-correct images;
-    ``mean_second_prob_high_conf`` = mean ``adv_top2_prob`` over high-confidence rows (NaN if none).
+    ``m`` in ``RATE_METRICS`` the columns ``m``, ``m_low``, ``m_high``: the (1 - alpha) Wilson interval of
+    a rate, the BCa interval (``n_boot`` resamples, ``seed``) of ``mean_second_prob_high_conf``; NaN
+    bounds where the subset is empty (or holds one value). ``fooling_rate`` = label-changed rate among
+    clean-correct images; ``mean_second_prob_high_conf`` = mean ``adv_top2_prob`` over high-confidence
+    rows (NaN if none).
     """
     needed = {"eps", "eps_255"} | {col for _, col, _ in RATE_METRICS} | {r for _, _, r in RATE_METRICS if r}
     missing = sorted(needed - set(df.columns))
@@ -83,8 +57,9 @@ def attack_summary(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0, alpha: f
         }
         for name, col, restrict in RATE_METRICS:
             vals = g[col] if restrict is None else g.loc[g[restrict].astype(bool), col]
-            m, lo, hi = bootstrap_ci(vals.to_numpy(), n_boot=n_boot, alpha=alpha, seed=seed)
-            rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = m, lo, hi
+            ci = (bca_interval(vals.to_numpy(), n_resamples=n_boot, alpha=alpha, seed=seed) if name in MEAN_METRICS
+                  else rate_interval(vals.to_numpy(), alpha=alpha))
+            rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = ci.estimate, ci.low, ci.high
         records.append(rec)
     cols = ["eps", "eps_255", "n", "n_clean_correct", "n_high_conf"]
     for name, _, _ in RATE_METRICS:

@@ -10,7 +10,8 @@ Definitions (per (source, target) pair, all predictions made by the TARGET model
 - ``mean_confidence``: mean target top-1 softmax probability on the adversarial images (all ``n``);
   ``mean_confidence_fooled``: the same over the fooled images only (NaN if none).
 
-Intervals (``_low``/``_high``) are percentile bootstraps from ``rates.bootstrap_ci``.
+Intervals (``_low``/``_high``, level 1 - alpha): Wilson score intervals for the two rates, a seeded BCa
+bootstrap (``n_boot`` resamples) for ``mean_confidence`` (``advprior.analysis.intervals``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pandas as pd
 import torch
 
 from advprior.analysis.categories import to_numpy
-from advprior.analysis.rates import bootstrap_ci
+from advprior.analysis.intervals import bca_interval, rate_interval
 
 TRANSFER_COLUMNS: tuple[str, ...] = (
     "source", "target", "n", "n_correct",
@@ -103,9 +104,10 @@ def transfer_matrix(
         fooled = changed[correct]
         rec: dict[str, Any] = {"source": str(key[0]), "target": str(key[1]), "n": int(labels.shape[0]),
                                "n_correct": int(correct.sum())}
-        for name, vals in (("fooling_rate", fooled), ("adv_acc", adv_pred == labels), ("mean_confidence", conf)):
-            m, lo, hi = bootstrap_ci(vals, n_boot=n_boot, alpha=alpha, seed=seed)
-            rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = m, lo, hi
+        for name, ci in (("fooling_rate", rate_interval(fooled, alpha)),
+                         ("adv_acc", rate_interval(adv_pred == labels, alpha)),
+                         ("mean_confidence", bca_interval(conf, n_resamples=n_boot, alpha=alpha, seed=seed))):
+            rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = ci.estimate, ci.low, ci.high
         fooled_mask = correct & changed
         rec["mean_confidence_fooled"] = float(conf[fooled_mask].mean()) if fooled_mask.any() else float("nan")
         records.append(rec)

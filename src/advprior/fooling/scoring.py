@@ -2,50 +2,20 @@
 scored by the source and by every other model; the summary says how often the top label transfers and
 how confident each model is, with 95% intervals.
 
-Intervals: Wilson score for rates (``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``) and
-BCa bootstrap for means (``scipy.stats.bootstrap``). Both are local here until
-``advprior.analysis.intervals`` lands; then these two helpers should defer to it.
+Intervals (``advprior.analysis.intervals``): Wilson score for rates, seeded BCa bootstrap for means.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
+from ..analysis.intervals import bca_interval, wilson_interval
 from ..attacks.base import eval_mode
 
 SCORE_COLUMNS = ("source", "encoding", "bin_class", "scored_by", "top1", "top1_prob", "bin_class_prob")
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(k/n, low, high): the Wilson score interval of a binomial rate; NaN for n = 0."""
-    if n == 0:
-        return (float("nan"),) * 3
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return k / n, float(ci.low), float(ci.high)
-
-
-def mean_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0,
-                  confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) with a BCa bootstrap interval (seeded). Constant values give low == high == mean;
-    fewer than 2 values give a NaN interval (NaN mean when empty)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
-        return (float("nan"),) * 3
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, float("nan"), float("nan")
-    if np.all(v == v[0]):
-        return mean, mean, mean
-    with warnings.catch_warnings():  # a near-degenerate sample makes BCa warn; its interval is still returned
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
-                              random_state=np.random.default_rng(seed))
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def model_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -95,13 +65,20 @@ def fooling_summary(scores: pd.DataFrame, thresholds: Sequence[float] = (0.5, 0.
         for target, t in g[g["scored_by"] != source].groupby("scored_by", sort=True):
             t = t.set_index("bin_class").reindex(src.index)
             rec: dict = {"source": source, "target": target, "encoding": encoding, "n": len(src)}
-            rec["source_conf_mean"], rec["source_conf_mean_low"], rec["source_conf_mean_high"] = mean_interval(
+            rec["source_conf_mean"], rec["source_conf_mean_low"], rec["source_conf_mean_high"] = _mean(
                 src["top1_prob"], n_resamples, seed)
             same = int((t["top1"].to_numpy() == src["top1"].to_numpy()).sum())
-            rec["transfer_rate"], rec["transfer_rate_low"], rec["transfer_rate_high"] = wilson_interval(same, len(src))
+            rec["transfer_rate"], rec["transfer_rate_low"], rec["transfer_rate_high"] = (
+                float(v) for v in wilson_interval(same, len(src)))
             for name, vals in (("target_conf_mean", t["top1_prob"]), ("target_bin_prob_mean", t["bin_class_prob"])):
-                rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = mean_interval(vals, n_resamples, seed)
+                rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = _mean(vals, n_resamples, seed)
             for th in thresholds:
                 rec[f"share_above_{th:g}"] = float((src["bin_class_prob"] > th).mean()) if len(src) else float("nan")
             rows.append(rec)
     return pd.DataFrame(rows)
+
+
+def _mean(values, n_resamples: int, seed: int) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with its seeded 95% BCa interval (``bca_interval``)."""
+    iv = bca_interval(np.asarray(values, dtype=np.float64), n_resamples=n_resamples, seed=seed)
+    return iv.estimate, iv.low, iv.high

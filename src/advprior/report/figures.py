@@ -304,6 +304,9 @@ def activation_depth(summary: pd.DataFrame, model: str) -> Figure:
         row[0].set_ylabel("||a_adv - a|| / ||a||")
     axes[0].legend(title="eps", fontsize=7)
     fig.suptitle(f"{model}: relative change of the activations by depth (95% intervals)")
+    return fig
+
+
 # --- fooling images (paper section 4.2) ---
 
 def fooling_grid(

@@ -3,8 +3,9 @@
 Writes to the store (keyed by models, data, attack config and numerics): ``outcomes.parquet`` (one row per
 model, eps and image) and ``transfer.parquet``; the evaluation is a Lightning loop (``advprior.loops``) over
 shards of ``attack.shard_size`` images split over the ranks, so a killed run resumes at the first
-unfinished shard. Into the run directory (rank 0): ``attack/`` tables (outcomes, summary with bootstrap
-intervals, category counts, transfer matrix) and ``figures/``.
+unfinished shard. Into the run directory (rank 0): ``attack/`` tables (outcomes, summary with Wilson/BCa
+intervals, category counts, transfer matrix, paired differences between models and between white-box and
+transferred examples) and ``figures/``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..analysis.compare import comparison_metrics, model_differences, transfer_gaps
 from ..analysis.outcomes import read_outcomes
 from ..analysis.rates import attack_summary, category_counts, format_eps, metric_dict
 from ..analysis.similarity import weight_similarity_close
@@ -148,6 +150,12 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
     summary = summary[["model"] + [c for c in summary.columns if c != "model"]]
     save_csv(summary, adir / "summary.csv")
     save_csv(pd.concat(counts, ignore_index=True), adir / "categories.csv")
+    # paired differences on the same images: how the depth, dropout and transfer claims are judged
+    paired = model_differences(outcomes, list(cfg.model), n_boot=n_boot, seed=seed)
+    gaps = transfer_gaps(outcomes, transfer, n_boot=n_boot, seed=seed)
+    save_csv(paired, adir / "paired.csv")
+    save_csv(gaps, adir / "transfer_paired.csv")
+    metrics.update(comparison_metrics(paired, gaps))
 
     target = ctx.target_model
     tdf = outcomes[(outcomes["model"] == target) & (outcomes["eps"] == fig_eps)]
@@ -177,6 +185,7 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
     rows = int(cfg.attack.wandb_table_rows)
     log_table(ctx, f"attack/{target}/outcomes", tdf.head(rows))
     log_table(ctx, "attack/summary", summary)
+    log_table(ctx, "attack/paired", paired)
     return metrics
 
 

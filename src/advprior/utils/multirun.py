@@ -1,8 +1,9 @@
-"""A Hydra callback that writes one summary table for a multirun sweep (one row per job)."""
+"""Hydra callbacks for multirun sweeps: one summary table across jobs, and the claims aggregation across seeds."""
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,40 @@ class MultirunSummary(Callback):
             return
         save_csv(df, sweep_dir / "summary.csv")
         log.info("multirun summary: %d jobs -> %s", len(df), sweep_dir / "summary.csv")
+
+
+class ClaimsSummary(Callback):
+    """The ``claims`` experiment's aggregation across training seeds (``advprior.analysis.claims``).
+
+    At the start of the sweep: the models the claims compare must be configured, else the sweep stops before
+    any job (with SystemExit: Hydra turns a callback's exceptions into warnings). At its end:
+    ``claims.csv``, ``verdicts.csv`` and ``claims.json`` (with the machine and the sweep's wall time) in the
+    sweep directory. Keyword arguments: the fields of ``ClaimSpec``.
+    """
+
+    def __init__(self, **spec: Any) -> None:
+        from ..analysis.claims import ClaimSpec
+
+        self.spec = ClaimSpec(**spec)
+        self._start: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.spec.check_models(list(config.model))
+        except ValueError as e:
+            log.error("claims: %s", e)
+            raise SystemExit(f"claims: {e}") from None
+        self._start = time.perf_counter()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from ..analysis import claims
+        from .machine import machine_info
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        result = claims.aggregate(sweep_dir, self.spec)
+        seconds = None if self._start is None else round(time.perf_counter() - self._start, 1)
+        claims.write(result, sweep_dir, extra={"machine": machine_info(), "sweep_seconds": seconds})
+        for c in result["claims"]:
+            if c["paper_eps"]:
+                log.info("claims: %s -> %s", c["text"], c["verdict"])
+        log.info("claims: %d seeds -> %s", len(result["seeds"]), sweep_dir / "claims.json")
