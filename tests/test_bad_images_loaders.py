@@ -52,7 +52,8 @@ def test_bad_jpegs_in_every_loader_are_skipped_and_counted(make_cfg, tmp_path, m
 
     monkeypatch.setattr(ImageNetDataModule, "eval_dataset", eval_then_corrupt)
     monkeypatch.setattr(ImageNetDataModule, "support_dataset", support_then_corrupt)
-    cfg = make_cfg(["experiment=paper_imagenet", f"data.root={fake.root}", *SMALL, "data.support_per_class=5",
+    cfg = make_cfg(["experiment=paper_imagenet", "stages=[attack,prior,defense]", "target_model=null",
+                    f"data.root={fake.root}", *SMALL, "data.support_per_class=5",
                     "prior.support_per_class=5", "model=[vgg_small]", "callbacks=none",
                     "trainer.limit_train_batches=1.0", "attack.epsilons=[8]", "attack.figure_eps=8",
                     "attack.n_boot=20", "prior.n_components=2", "prior.bottleneck=1", "prior.ae.epochs=2",
@@ -87,7 +88,8 @@ def test_decode_check_is_cached_by_name_size_and_time(tmp_path, monkeypatch):
 
 def test_a_fully_cached_run_decodes_nothing_and_lists_no_train_files(make_cfg, tmp_path, monkeypatch):
     fake = make_fake_imagenet(tmp_path / "imagenet", num_classes=3, per_class_train=4, num_val=6)
-    over = ["experiment=paper_imagenet", f"data.root={fake.root}", *SMALL, "data.support_per_class=4",
+    over = ["experiment=paper_imagenet", "stages=[attack,prior,defense]", "target_model=null",
+                    f"data.root={fake.root}", *SMALL, "data.support_per_class=4",
             "prior.support_per_class=4", "model=[vgg_small]", "model.vgg_small.train=null", "attack.epsilons=[8]",
             "attack.figure_eps=8", "attack.n_boot=20", "prior.n_components=2", "prior.bottleneck=1",
             "prior.ae.epochs=1", "defense.adaptive.pgd.steps=0", "defense.panels=1"]

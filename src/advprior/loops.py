@@ -232,8 +232,7 @@ class LoopModule(pl.LightningModule):
         for t in self.tables:
             parts, self._pending[t.name] = self._pending[t.name], []
             if t.kind == "parquet":
-                frames = [p for p in parts if len(p)]
-                save_parquet(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), t.piece(folder, start, stop))
+                save_parquet(concat_frames(parts), t.piece(folder, start, stop))
             else:
                 rows = {k: torch.cat([p[k].detach().cpu() for p in parts]) for k in parts[0]} if parts else {}
                 save_torch(rows, t.piece(folder, start, stop))
@@ -268,6 +267,13 @@ class ImageProgressBar(ProgressBar):
             self._bar = None
 
 
+def concat_frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``frames``; when none has rows, the first one with columns (an empty table keeps its
+    schema), else an empty frame."""
+    full = [f for f in frames if len(f)] or [f for f in frames if len(f.columns)][:1]
+    return pd.concat(full, ignore_index=True) if full else pd.DataFrame()
+
+
 def done_ranges(folder: Path, tables: Sequence[Table]) -> list[tuple[int, int]]:
     """Ranges whose pieces exist for every table; pieces of other ranges (a crash between two tables'
     writes) are deleted, so they can never be merged twice."""
@@ -297,8 +303,7 @@ def merge_pieces(out: Path, tables: Sequence[Table], n: int) -> LoopResult:
     for t in tables:
         pieces = [t.piece(folder, a, b) for a, b in ranges]
         if t.kind == "parquet":
-            frames = [f for f in (pd.read_parquet(p) for p in pieces) if len(f)]
-            df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            df = concat_frames([pd.read_parquet(p) for p in pieces])
             if len(df):
                 df = df.sort_values(list(t.sort_by), kind="stable").reset_index(drop=True)
             save_parquet(df, t.merged(out))
