@@ -118,7 +118,7 @@ def time_floor(model: torch.nn.Module, batches: list[torch.Tensor], n_fb: float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny: 32x32 images, 10 classes, 4 images, 1 PGD step, 1 repeat")
+    ap.add_argument("--quick", action="store_true", help="tiny: 32x32 images, 10 classes, 2 images, 1 PGD step, 1 repeat")
     ap.add_argument("--device", default="auto", help="auto (GPU if any), cpu or cuda")
     ap.add_argument("--images", type=int, default=None, help="images per stage run (default 512 GPU, 8 CPU)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 64 GPU, 4 CPU)")
@@ -138,7 +138,7 @@ def main() -> None:
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     device = torch.device("cuda" if cuda else "cpu")
     size, classes = (32, 10) if args.quick else (224, args.classes)
-    n = args.images or (4 if args.quick else 512 if cuda else 8)
+    n = args.images or (2 if args.quick else 512 if cuda else 8)
     batch = args.batch or (2 if args.quick else 64 if cuda else 4)
     repeats = args.repeats or (1 if args.quick else 3)
     steps = 1 if args.quick else args.pgd_steps
