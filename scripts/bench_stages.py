@@ -118,7 +118,8 @@ def time_floor(model: torch.nn.Module, batches: list[torch.Tensor], n_fb: float,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny: 32x32 images, 10 classes, 2 images, 1 PGD step, 1 repeat")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny: 32x32 images, 10 classes, 2 images, 1 PGD step, 1 repeat")
     ap.add_argument("--device", default="auto", help="auto (GPU if any), cpu or cuda")
     ap.add_argument("--images", type=int, default=None, help="images per stage run (default 512 GPU, 8 CPU)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 64 GPU, 4 CPU)")

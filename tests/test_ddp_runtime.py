@@ -32,7 +32,8 @@ def test_a_rank_re_runs_this_job_only(make_cfg):
     cmd, cwd = distributed.child_command(1)
     assert cmd[:3] == [sys.executable, "-m", "advprior"] and "-m" not in cmd[3:]
     assert cmd[cmd.index("--config-path") + 1] == str(ROOT / "conf")
-    assert ["trainer=ddp", "trainer.accelerator=cpu", "model=[shallow]"] == [a for a in cmd if a.startswith(("trainer", "model"))]
+    overrides = [a for a in cmd if a.startswith(("trainer", "model"))]
+    assert overrides == ["trainer=ddp", "trainer.accelerator=cpu", "model=[shallow]"]
     assert f'hydra.run.dir="{cfg.paths.output_dir}"' in cmd and "hydra.output_subdir=null" in cmd
     assert distributed.requested_processes(make_cfg(["model=[shallow]"], sub="one").trainer) == 1
 

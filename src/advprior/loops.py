@@ -117,7 +117,8 @@ class RangeBatchSampler(Sampler[list[int]]):
         self.ranges, self.batch_size = list(ranges), int(batch_size)
 
     def batches(self) -> list[list[int]]:
-        out = [list(range(s, min(b, s + self.batch_size))) for a, b in self.ranges for s in range(a, b, self.batch_size)]
+        size = self.batch_size
+        out = [list(range(s, min(b, s + size))) for a, b in self.ranges for s in range(a, b, size)]
         return out or [[]]
 
     def __iter__(self) -> Iterator[list[int]]:

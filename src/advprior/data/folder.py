@@ -242,7 +242,8 @@ class FolderDataModule(pl.LightningDataModule):
         the datasets are built when first asked for). Preflights are sharded over ranks, so under DDP
         every rank calls this together (Lightning does)."""
         _ = self.class_names
-        want = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ())
+        want = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                "predict": ("test",)}.get(stage, ())
         for name in want:
             self.split(name, distributed=True)
         if stage == "predict":

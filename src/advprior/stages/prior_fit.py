@@ -120,8 +120,8 @@ def fit_prior(ctx: RunContext, fkey: str, out) -> tuple[ClassPrior, dict]:
     save_torch(prior.state_dict(), out / "prior.pt")
     ctx.store.mark_done("prior", prior_key(ctx), meta=meta)
     log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f (fitted on %s)",
-             100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"], meta["prior/ae_recon_loss"],
-             device)
+             100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"],
+             meta["prior/ae_recon_loss"], device)
     return prior, meta
 
 
