@@ -1,4 +1,4 @@
-"""The FGSM study stage end to end, its resume, its determinism, and DDP == single process."""
+"""The FGSM study stage end to end, its resume and its determinism (DDP == one process: test_ddp_*.py)."""
 from __future__ import annotations
 
 import json
@@ -7,15 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from advprior.analysis.outcomes import read_outcomes
-from advprior.attacks.lit_sweep import AttackSweepModule, merge_rank_shards
 from advprior.cli import run_task
-from advprior.data.digits import DigitsDataModule, TensorImageDataset
-from advprior.models.vgg_small import build_vgg_small
+from advprior.loops import LoopModule
 from tiny_pipeline import ctx_for
 
 STUDY = ["stages=[attack]", "data.eval_subset=40", "attack.epsilons=[0.85,8,32]", "attack.n_boot=200"]
@@ -66,22 +62,22 @@ def test_study_end_to_end_outputs(make_cfg, caplog):
 def test_interrupted_study_resumes_at_first_unfinished_shard(make_cfg, monkeypatch, caplog):
     over = STUDY + ["attack.shard_size=16", "model=[shallow]"]
     calls = {"n": 0}
-    real = AttackSweepModule.on_test_epoch_end
+    real = LoopModule._flush
 
-    def crash_on_third(self):
+    def crash_on_third(self, start, stop):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated crash")
-        real(self)
+        real(self, start, stop)
 
-    monkeypatch.setattr(AttackSweepModule, "on_test_epoch_end", crash_on_third)
+    monkeypatch.setattr(LoopModule, "_flush", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_task(make_cfg(over))
-    monkeypatch.setattr(AttackSweepModule, "on_test_epoch_end", real)
-    caplog.set_level("INFO", logger="advprior.stages.attack_study")
+    monkeypatch.setattr(LoopModule, "_flush", real)
+    caplog.set_level("INFO", logger="advprior.loops")
     cfg = make_cfg(over)
     run_task(cfg)
-    assert caplog.text.count("already done, skipping") == 2
+    assert "resuming, 32 of 40 images already done" in caplog.text  # two shards of 16 kept
     resumed = read_outcomes(Path(cfg.paths.output_dir) / "attack" / "outcomes.parquet")
     fresh_cfg = make_cfg(over, sub="fresh")
     run_task(fresh_cfg)
@@ -96,33 +92,6 @@ def test_same_seed_gives_the_same_table(make_cfg):
         run_task(cfg)
         tables.append(read_outcomes(Path(cfg.paths.output_dir) / "attack" / "outcomes.parquet"))
     pd.testing.assert_frame_equal(*tables)
-
-
-def _tiny_setup():
-    torch.manual_seed(0)
-    model = build_vgg_small(10, widths=(4, 4, 8, 8, 8), hidden=16, dropout=0.0).eval()
-    dm = DigitsDataModule(seed=0)
-    test = dm.split("test")
-    ds = TensorImageDataset(test.images[:37], test.labels[:37])  # odd: the distributed sampler pads
-    return model, ds
-
-
-def _evaluate(out: Path, strategy: str, devices: int) -> pd.DataFrame:
-    model, ds = _tiny_setup()
-    module = AttackSweepModule({"m": model}, [1 / 255, 8 / 255], out)
-    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
-    trainer.test(module, dataloaders=DataLoader(ds, batch_size=1), verbose=False)
-    return merge_rank_shards(out)[0]
-
-
-@pytest.mark.ddp
-def test_ddp_two_processes_give_the_single_process_table(tmp_path):
-    single = _evaluate(tmp_path / "single", "auto", 1)
-    ddp = _evaluate(tmp_path / "ddp", "ddp_spawn", 2)
-    assert len(list((tmp_path / "ddp").glob("outcomes.rank*.parquet"))) == 2
-    assert len(ddp) == len(single) == 2 * 37  # every image exactly once per eps, padding dropped
-    pd.testing.assert_frame_equal(ddp, single)
 
 
 def test_study_table_matches_a_direct_fgsm_on_true_labels(make_cfg):

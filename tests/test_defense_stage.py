@@ -78,10 +78,14 @@ def test_feature_cache_resumes_after_interrupt(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         extract_features(model, ds, "fc6", tmp_path / "cache", shard_size=16)
     monkeypatch.setattr(io_mod, "atomic_write", real)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["shard_00000.pt", "shard_00001.pt"]
-    before = (tmp_path / "cache" / "shard_00000.pt").stat().st_mtime_ns
+    pieces = tmp_path / "cache" / "pieces"
+    assert sorted(p.name for p in pieces.iterdir()) == ["features.000000000-000000016.pt",
+                                                        "features.000000016-000000032.pt"]
+    written = []
+    monkeypatch.setattr(io_mod, "atomic_write", lambda path, write: written.append(path.name) or real(path, write))
     resumed = extract_features(model, ds, "fc6", tmp_path / "cache", shard_size=16)
-    assert (tmp_path / "cache" / "shard_00000.pt").stat().st_mtime_ns == before  # reused, not recomputed
+    # only the last 18 images were computed again (two pieces), then the merged cache
+    assert written == ["features.000000032-000000048.pt", "features.000000048-000000050.pt", "features.pt"]
     for k in ("features", "labels", "indices"):
         assert torch.equal(resumed[k], fresh[k])
     assert resumed["features"].shape == (50, 16) and torch.equal(resumed["indices"], torch.arange(50))

@@ -39,7 +39,7 @@ SPECIAL: dict[str, Any] = {
     "prior.feature_layer": "fc7",
     "trainer.accelerator": "cpu",
     "trainer.strategy": "ddp",
-    "trainer.precision": "64-true",
+    "trainer.precision": "bf16-mixed",
     "data.on_bad_image": "error",
     "data.check": "header",
     "data.support_selection": "first",

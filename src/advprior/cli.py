@@ -41,12 +41,13 @@ def sweep_group(cfg: DictConfig) -> tuple[str | None, dict[str, str]]:
     return group or f"{cfg.task_name}-{Path(hc.sweep.dir).name}", swept_parameters(hc)
 
 
-def run_task(cfg: DictConfig) -> dict:
-    """Validate, seed, save the config, run the pipeline, print the headline table; the W&B run is always
-    finished."""
+def run_task(cfg: DictConfig, validate: bool = True) -> dict:
+    """Validate (unless the caller did), seed, save the config, run the pipeline, print the headline table;
+    the W&B run is always finished."""
     from .validation import validate_config
 
-    validate_config(cfg)  # first: a bad value fails before torch and Lightning are even imported
+    if validate:
+        validate_config(cfg)  # first: a bad value fails before torch and Lightning are even imported
     from .context import RunContext
     from .pipeline import run_pipeline
     from .report.headlines import headline_rows
@@ -87,7 +88,13 @@ def run_task(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_task(cfg)
+    from .validation import validate_config
+
+    validate_config(cfg)  # before any process is started or torch imported
+    from .distributed import session
+
+    with session(cfg):  # several devices: one process per rank and the process group, torn down at the end
+        metrics = run_task(cfg, validate=False)
     name = cfg.get("optimized_metric")
     return float(metrics[name]) if name and name in metrics else None
 

@@ -43,6 +43,7 @@ COMMON: tuple[Rule, ...] = (
     ("task_name", IGNORED), ("stages", IGNORED), ("optimized_metric", IGNORED), ("wandb_group", IGNORED),
     ("logger.*", IGNORED), ("paths.*", IGNORED), ("extras.*", IGNORED), ("hydra.*", IGNORED),
     ("callbacks.*", IGNORED),  # the FGSM eval callback reads the model while it trains, never changes it
+    ("compute.timeout_minutes", IGNORED), ("compute.gpus_per_job", IGNORED),  # waiting and scheduling
 )
 
 # Trainer arguments that change what it shows or saves, never what it computes.
@@ -62,7 +63,7 @@ DATA_CONTENT = ("_target_", "root", "devkit", "val_dir", "image_size", "resize_s
                 "check")
 # DataModule arguments that only change HOW it is served: speed, failing or skipping on a bad file, and the
 # batch size (evaluation results are per image; training declares it as affecting).
-DATA_LOADING = ("num_workers", "pin_memory", "on_bad_image", "batch_size", "eval_batch_size")
+DATA_LOADING = ("num_workers", "pin_memory", "on_bad_image", "batch_size", "eval_batch_size", "check_cache_dir")
 
 
 def not_read(*groups: str) -> tuple[Rule, ...]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from .context import RunContext
+from .distributed import check_processes, is_rank_zero
 from .utils.io import save_json
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def stage_fn(name: str) -> Callable[[RunContext], dict]:
 def run_pipeline(ctx: RunContext) -> dict:
     """Run ``ctx.cfg.stages`` in pipeline order (``train`` always first as others need models, ``report``
     always last)."""
+    check_processes(ctx.cfg)
     wanted = list(ctx.cfg.get("stages") or STAGES)
     for name in wanted:
         stage_fn(name)  # validate every name before any work
@@ -42,6 +44,7 @@ def run_pipeline(ctx: RunContext) -> dict:
         log.info("stage %s: start", name)
         stage_fn(name)(ctx)
         ctx.metrics[f"time/{name}_seconds"] = time.perf_counter() - t0
-        save_json(ctx.metrics, ctx.run_dir / "metrics.json")  # after every stage: a crash keeps what was done
+        if is_rank_zero():  # after every stage: a crash keeps what was done
+            save_json(ctx.metrics, ctx.run_dir / "metrics.json")
         log.info("stage %s: done in %.1f s", name, ctx.metrics[f"time/{name}_seconds"])
     return ctx.metrics

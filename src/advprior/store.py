@@ -65,10 +65,12 @@ class Artifact:
     dir: Path
     done: bool
     meta: dict = field(default_factory=dict)
+    writer: bool = True  # False on DDP ranks other than 0 (``distributed.claim``): rank 0 alone commits
 
     def commit(self, meta: dict | None = None) -> None:
         """Checksum every file now in ``dir`` into the manifest: the last step of computing the artifact."""
-        self.store.mark_done(self.stage, self.key, meta)
+        if self.writer:
+            self.store.mark_done(self.stage, self.key, meta)
         self.done, self.meta = True, dict(meta or {})
 
 

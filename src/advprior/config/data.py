@@ -78,6 +78,7 @@ class FolderConfig:
     support_per_class: Optional[int] = None
     check: str = "decode"
     pin_memory: bool = True
+    check_cache_dir: Optional[str] = None  # decode-check results per 1024 files (null: not cached)
 
     def __post_init__(self) -> None:
         rules.non_empty_str(self, "root", "the dataset folder", example="/data/my_images")
@@ -107,6 +108,7 @@ class ImageNetConfig:
     support_selection: str = "random"
     check: str = "decode"
     pin_memory: bool = True
+    check_cache_dir: Optional[str] = None  # decode-check results per 1024 files (null: not cached)
     image_size: int = 224
     resize_size: int = 256
     eval_batch_size: Optional[int] = None

@@ -8,8 +8,10 @@ from . import rules
 
 # Lightning's accepted values (lightning_fabric's _PRECISION_INPUT, the accelerator registry plus its
 # aliases); a test keeps them equal to the installed Lightning.
-PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "16-mixed", "bf16-true",
-              "bf16-mixed", "transformer-engine", "transformer-engine-float16")
+# Adversarial images stay float32 and float16 input gradients underflow: the image stages run in float32 or
+# with bfloat16 forward passes only (``advprior.loops``); training uses the same setting.
+PRECISIONS = (32, "32", "32-true", "bf16-mixed")
+SPAWNING_STRATEGIES = ("spawn", "fork", "notebook")  # a new process per Lightning call: not for a pipeline
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 
@@ -50,16 +52,23 @@ class TrainerConfig:
     limit_val_batches: Any = None
     limit_test_batches: Any = None
     sync_batchnorm: bool = False
+    num_nodes: int = 1
 
     def __post_init__(self) -> None:
         rules.one_of(self, "accelerator", ACCELERATORS)
         if not _devices_ok(self.devices):
             rules.fail(self, "devices", "must be a positive number of devices, -1 (all), auto, a list of device "
                        "indices or a string like '0,1'")
-        rules.non_empty_str(self, "strategy", "a Lightning strategy name (auto, ddp, ddp_spawn, fsdp...)")
+        rules.non_empty_str(self, "strategy", "a Lightning strategy name (auto, ddp, fsdp...)")
+        if any(s in self.strategy for s in SPAWNING_STRATEGIES):
+            rules.fail(self, "strategy", "starts new processes inside every Lightning call, but each stage of the "
+                       "pipeline runs on every rank", example="ddp", fix="use trainer=ddp, e.g. trainer=ddp "
+                       "trainer.devices=8")
         if isinstance(self.precision, bool) or self.precision not in PRECISIONS:
-            named = [p for p in PRECISIONS if isinstance(p, str) and not p.isdigit() and p != "bf16"]
-            rules.fail(self, "precision", f"must be one of {', '.join(named)} (or the short forms 64, 32, 16, bf16)")
+            rules.fail(self, "precision", "must be 32-true or bf16-mixed: adversarial images stay float32 and "
+                       "float16 input gradients underflow (bf16-mixed runs only the models' forward passes in "
+                       "bfloat16)", example="bf16-mixed")
+        rules.positive_int(self, "num_nodes")
         if not (isinstance(self.deterministic, bool) or self.deterministic == "warn"):
             rules.fail(self, "deterministic", "must be true, false or warn")
         rules.positive_int(self, "log_every_n_steps")

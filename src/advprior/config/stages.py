@@ -120,9 +120,11 @@ class AdaptiveConfig:
 class DefenseConfig:
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     panels: int = 6
+    shard_size: int = 512  # images per resumable shard
 
     def __post_init__(self) -> None:
         rules.int_at_least(self, "panels", 0)
+        rules.positive_int(self, "shard_size")
 
 
 @dataclass

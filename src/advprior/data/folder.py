@@ -81,6 +81,7 @@ class FolderDataModule(DataIdentityMixin, pl.LightningDataModule):
         eval_subset: ``eval_dataset()`` = the first N test samples in (class, file name) order (null: all).
         support_per_class: N train images per class for ``support_dataset()`` (seeded choice; null: all train).
         on_bad_image: ``"skip"`` or ``"error"``; check: preflight of val/test/support (train: lazy only).
+        check_cache_dir: folder caching the preflight's results (see ``ImageNetDataModule``); None: no cache.
         seed: split, support choice and train shuffling.
     """
 
@@ -103,6 +104,7 @@ class FolderDataModule(DataIdentityMixin, pl.LightningDataModule):
         check: str = "decode",
         seed: int = 0,
         pin_memory: bool = True,
+        check_cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if channels not in (1, 3):
@@ -132,6 +134,7 @@ class FolderDataModule(DataIdentityMixin, pl.LightningDataModule):
         self.support_per_class = None if support_per_class is None else int(support_per_class)
         self.on_bad_image = on_bad_image
         self.check = check
+        self.check_cache_dir = check_cache_dir
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.transform = transforms.Compose(
@@ -211,25 +214,27 @@ class FolderDataModule(DataIdentityMixin, pl.LightningDataModule):
         if key not in self._datasets:
             self._datasets[key] = ImageFileDataset(
                 samples, self.transform, on_bad_image=self.on_bad_image, check=check,
-                mode="RGB" if self.channels == 3 else "L", name=key, distributed=distributed, **kw,
+                mode="RGB" if self.channels == 3 else "L", name=key, distributed=distributed,
+                cache_dir=self.check_cache_dir, **kw,
             )
         return self._datasets[key]
 
-    def split(self, name: str, distributed: bool = False) -> ImageFileDataset:
-        """The ``"train"``, ``"val"`` or ``"test"`` split (train: no preflight, bad files dropped lazily)."""
+    def split(self, name: str, distributed: bool = True) -> ImageFileDataset:
+        """The ``"train"``, ``"val"`` or ``"test"`` split (train: no preflight, bad files dropped lazily).
+        Built on first use; under DDP every rank must make that first call together."""
         if name not in SPLITS:
             raise ValueError(f"name: got {name!r}, allowed {list(SPLITS)}")
         if name == "test" and self.presplit and not (self.root / "test").is_dir():
             name = "val"  # no test/: the test split is val (one dataset, one preflight)
         return self._build(name, self.samples()[name], "none" if name == "train" else self.check, distributed)
 
-    def eval_dataset(self, distributed: bool = False) -> ImageFileDataset:
+    def eval_dataset(self, distributed: bool = True) -> ImageFileDataset:
         """The attack study's images: the first ``eval_subset`` test samples (all when null)."""
         if self.eval_subset is None:
             return self.split("test", distributed)
         return self._build("eval", self.samples()["test"][: self.eval_subset], self.check, distributed)
 
-    def support_dataset(self, per_class: int | None = None, distributed: bool = False) -> ImageFileDataset:
+    def support_dataset(self, per_class: int | None = None, distributed: bool = True) -> ImageFileDataset:
         """The prior's support set: ``per_class`` (default ``support_per_class``) seeded train picks per class
         (undecodable picks dropped, not replaced); the whole train split, preflighted (``check``), when both
         are null: an undecodable file is skipped and counted, never handed to the feature extraction."""
@@ -248,16 +253,16 @@ class FolderDataModule(DataIdentityMixin, pl.LightningDataModule):
         return self._build(f"support{int(n)}", samples, self.check, distributed)
 
     def setup(self, stage: str | None = None) -> None:
-        """Builds the datasets for ``stage``; preflights are sharded over ranks, so under DDP every rank
-        calls this together (Lightning does)."""
-        want = {None: SPLITS, "fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+        """Builds the datasets a Lightning ``stage`` needs (``None``: only the class list, no image is read;
+        the datasets are built when first asked for). Preflights are sharded over ranks, so under DDP
+        every rank calls this together (Lightning does)."""
+        _ = self.class_names
+        want = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                 "predict": ("test",)}.get(stage, ())
         for name in want:
             self.split(name, distributed=True)
-        if stage in (None, "test", "predict"):
+        if stage == "predict":
             self.eval_dataset(distributed=True)
-        if self.support_per_class is not None:
-            self.support_dataset(distributed=True)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds: ImageFileDataset, shuffle: bool = False) -> ImageFileLoader:

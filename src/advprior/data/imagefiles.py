@@ -15,8 +15,10 @@ Two layers make that hold:
    garbage AND truncated files), ``"header"`` only runs PIL ``verify()`` (~0.1 ms; misses truncation),
    ``"none"`` skips it (e.g. for the 1.28M-image train set). Bad files are removed from the sample list
    BEFORE indices are assigned, so ``index`` is the position in the dataset (0..len-1) and every
-   position is a valid image. Under ``torch.distributed`` each rank checks a 1/world shard and the bad
-   lists are all-gathered, so every rank ends up with the same sample list (and does 1/world of the work).
+   position is a valid image. Under ``torch.distributed`` each rank checks 1/world of the chunks and the
+   bad lists are all-gathered, so every rank ends up with the same sample list (and does 1/world of the
+   work). With a ``cache_dir`` the results are kept per chunk, keyed by the files' names, sizes and
+   modification times (``file_stats``), and a later run decodes nothing.
 2. A lazy guard in ``__getitem__``: a file that still fails to decode (not preflighted, or changed on
    disk) yields ``None``, which ``SkipNoneCollate`` drops from the batch; the failure is flagged in a
    shared-memory tensor so the main process sees it in ``bad_files`` even with worker processes.
@@ -105,35 +107,88 @@ def check_image(path: str, check: str = "decode") -> str | None:
     return None
 
 
+def file_stats(paths: Sequence[str], num_threads: int | None = None) -> list[tuple[str, int, int]]:
+    """``(path, size in bytes, modification time in ns)`` per file, in order; a missing file gets ``-1, -1``.
+
+    The identity of a file list: the decode check's cache key, and what a store key of the data can hash."""
+    def stat(p: str) -> tuple[str, int, int]:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return (str(p), -1, -1)
+        return (str(p), int(st.st_size), int(st.st_mtime_ns))
+
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    if threads > 1 and len(paths) > 256:
+        with ThreadPoolExecutor(threads) as pool:  # stat is I/O bound (network file systems)
+            return list(pool.map(stat, paths))
+    return [stat(p) for p in paths]
+
+
+#: Files per decode-check unit: the unit of caching (one JSON file) and of the split across ranks.
+CHECK_CHUNK = 1024
+
+
+def _check_files(paths: Sequence[str], check: str, threads: int) -> dict[int, str]:
+    if threads > 1 and len(paths) > 16:
+        with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
+            reasons = list(pool.map(lambda p: check_image(p, check), paths))
+    else:
+        reasons = [check_image(p, check) for p in paths]
+    return {i: r for i, r in enumerate(reasons) if r is not None}
+
+
+def _check_chunk(paths: Sequence[str], check: str, threads: int, cache_dir: Path | None) -> dict[int, str]:
+    """``{position in paths: reason}``, read from ``cache_dir`` when these exact files (names, sizes, times)
+    were checked before, else checked and cached."""
+    if cache_dir is None:
+        return _check_files(paths, check, threads)
+    import hashlib
+    import json
+
+    from ..utils.io import save_json
+
+    blob = json.dumps([check, file_stats(paths, threads)], separators=(",", ":"))
+    entry = cache_dir / f"{check}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    try:
+        return {int(i): r for i, r in json.loads(entry.read_text())["bad"].items()}
+    except (OSError, ValueError, KeyError):
+        pass
+    bad = _check_files(paths, check, threads)
+    save_json({"files": len(paths), "bad": {str(i): r for i, r in bad.items()}}, entry)
+    return bad
+
+
 def find_bad(
     paths: Sequence[str],
     check: str = "decode",
     num_threads: int | None = None,
     distributed: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[int, str]:
     """``{position in paths: reason}`` for the files failing ``check``.
 
-    With ``distributed=True`` and an initialized process group of world size > 1, rank r checks
-    positions r, r+W, ... and the results are all-gathered: every rank MUST call this together.
+    The files are checked in chunks of ``CHECK_CHUNK``, each on ``num_threads`` threads (default min(8,
+    cpu count)). With ``cache_dir``, a chunk's result is stored there under a hash of its file names, sizes
+    and modification times and reused while those are unchanged (so a second run decodes nothing). With
+    ``distributed=True`` and a process group of several ranks (``advprior.distributed.active()``), rank r
+    takes chunks r, r+W, ... and the results are all-gathered: every rank MUST call this together.
     """
+    from .. import distributed as dist
+
     _validate_choice("check", check, CHECKS)
     if check == "none" or not paths:
         return {}
-    rank, world = 0, 1
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    mine = list(range(rank, len(paths), world))
+    rank, world = (dist.rank(), dist.world_size()) if distributed and dist.active() else (0, 1)
     threads = num_threads or min(8, os.cpu_count() or 1)
-    if threads > 1 and len(mine) > 16:
-        with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding
-            reasons = list(pool.map(lambda i: check_image(paths[i], check), mine))
-    else:
-        reasons = [check_image(paths[i], check) for i in mine]
-    bad = {i: r for i, r in zip(mine, reasons) if r is not None}
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else None
+    bad: dict[int, str] = {}
+    for k, start in enumerate(range(0, len(paths), CHECK_CHUNK)):
+        if k % world == rank:
+            found = _check_chunk(paths[start:start + CHECK_CHUNK], check, threads, folder)
+            bad.update({start + i: r for i, r in found.items()})
     if world > 1:
-        gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, bad)
-        bad = {i: r for part in gathered for i, r in part.items()}
+        bad = {i: r for part in dist.all_gather_object(bad) for i, r in part.items()}
     return dict(sorted(bad.items()))
 
 
@@ -150,6 +205,7 @@ class ImageFileDataset(Dataset):
         distributed: shard the preflight over an initialized process group (all ranks must construct together).
         num_threads: preflight threads (default min(8, cpu count)).
         known_bad: paths already found bad by the caller (reported in ``bad_files``, not re-checked).
+        cache_dir: where the preflight caches its results (see ``find_bad``); None: no cache.
 
     ``index`` is the position in this dataset (after bad files were removed); ``samples[index]`` gives
     the file.
@@ -167,6 +223,7 @@ class ImageFileDataset(Dataset):
         distributed: bool = True,
         num_threads: int | None = None,
         known_bad: Sequence[str] = (),
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         self.on_bad_image = _validate_choice("on_bad_image", on_bad_image, ON_BAD_IMAGE)
         self.check = _validate_choice("check", check, CHECKS)
@@ -174,7 +231,8 @@ class ImageFileDataset(Dataset):
         self.mode = mode
         self.name = name
         samples = [(str(p), int(y)) for p, y in samples]
-        bad = find_bad([p for p, _ in samples], check, num_threads=num_threads, distributed=distributed)
+        bad = find_bad([p for p, _ in samples], check, num_threads=num_threads, distributed=distributed,
+                       cache_dir=cache_dir)
         self._preflight_bad: list[str] = [str(p) for p in known_bad]
         for i, reason in bad.items():
             path = samples[i][0]
@@ -225,6 +283,11 @@ class ImageFileDataset(Dataset):
     @property
     def targets(self) -> list[int]:
         return [y for _, y in self.samples]
+
+    @property
+    def preflight_bad(self) -> list[str]:
+        """Paths removed before indexing (found bad by the preflight or given as ``known_bad``)."""
+        return list(self._preflight_bad)
 
     @property
     def bad_files(self) -> list[str]:

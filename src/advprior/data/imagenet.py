@@ -118,6 +118,8 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
             Undecodable picks are replaced by the next candidate, so each class gets exactly N when it can.
         on_bad_image: ``"skip"`` or ``"error"``.
         check: preflight of the eval/support files: ``"decode"``, ``"header"`` or ``"none"`` (train: lazy only).
+        check_cache_dir: folder caching the preflight's results per chunk of files (keyed by their names,
+            sizes and modification times); None: check every run.
         seed: support choice and train shuffling.
         image_size, resize_size: CenterCrop and Resize sizes.
     """
@@ -140,6 +142,7 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
         resize_size: int = 256,
         eval_batch_size: int | None = None,
         eval_subset: int | None = None,
+        check_cache_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if eval_subset is not None:
@@ -164,6 +167,7 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
         self.support_selection = support_selection
         self.on_bad_image = on_bad_image
         self.check = check
+        self.check_cache_dir = check_cache_dir
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.image_size = int(image_size)
@@ -311,7 +315,7 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
     def _dataset(self, samples: list[Sample], name: str, check: str, distributed: bool) -> ImageFileDataset:
         return ImageFileDataset(
             samples, self.transform, on_bad_image=self.on_bad_image, check=check, name=name,
-            distributed=distributed,
+            distributed=distributed, cache_dir=self.check_cache_dir,
         )
 
     def build_support(self, per_class: int, distributed: bool = False) -> ImageFileDataset:
@@ -344,9 +348,10 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
         )
 
     def eval_dataset(self) -> ImageFileDataset:
-        """The attack study's images: the first ``val_subset`` validation files (all when null), preflighted."""
+        """The attack study's images: the first ``val_subset`` validation files (all when null), preflighted
+        on first use (under DDP every rank must make that first call together)."""
         if self._eval is None:
-            self._eval = self._dataset(self.val_samples(), "val", self.check, distributed=False)
+            self._eval = self._dataset(self.val_samples(), "val", self.check, distributed=True)
         return self._eval
 
     def support_dataset(self, per_class: int | None = None) -> ImageFileDataset:
@@ -361,7 +366,7 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
         if int(per_class) < 1:
             raise ValueError(f"per_class: got {per_class}, allowed a positive int or None")
         if int(per_class) not in self._support:
-            self._support[int(per_class)] = self.build_support(int(per_class), distributed=False)
+            self._support[int(per_class)] = self.build_support(int(per_class), distributed=True)
         return self._support[int(per_class)]
 
     def train_dataset(self) -> ImageFileDataset:
@@ -380,14 +385,12 @@ class ImageNetDataModule(DataIdentityMixin, pl.LightningDataModule):
         raise ValueError(f"name: got {name!r}, allowed 'train', 'val', 'test'")
 
     def setup(self, stage: str | None = None) -> None:
-        """Builds what ``stage`` needs; the preflights are sharded over ranks, so under DDP every rank
-        calls this together (Lightning does)."""
+        """Builds what a Lightning ``stage`` needs (``None``: only the class metadata, no image is read; the
+        datasets are built when first asked for). The preflights are sharded over ranks, so under DDP
+        every rank calls this together (Lightning does)."""
         _ = self.hierarchy
-        if self._eval is None and stage in (None, "fit", "validate", "test", "predict"):
-            self._eval = self._dataset(self.val_samples(), "val", self.check, distributed=True)
-        n = self.support_per_class
-        if n is not None and n not in self._support and self.root is not None and self.train_dir.is_dir():
-            self._support[n] = self.build_support(n, distributed=True)
+        if stage in ("fit", "validate", "test", "predict"):
+            self.eval_dataset()
         if stage == "fit":
             self.train_dataset()  # raises, naming the missing folder, when train/ is absent
 

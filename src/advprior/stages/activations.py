@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .. import distributed
 from ..analysis.activations import change_summary
 from ..analysis.categories import ADVERSARIAL_CATEGORIES
 from ..analysis.lit_activations import ActivationChangeModule, concat_examples, merge_rank_shards
@@ -136,8 +137,8 @@ ACTIVATIONS_KEY = register(KeySpec(
         ("activations.epsilons", CONTENT), ("activations.change_layers", AFFECTS),
         ("activations.*", IGNORED),  # the figure examples: ACTIVATION_EXAMPLES_KEY
         # the study's images, labels, eps, models and numerics enter through the attack study's key
-        ("attack.*", IGNORED), ("trainer.*", IGNORED), ("model.*", IGNORED), ("seed", IGNORED),
-        ("target_model", IGNORED), *data_rules(content=IGNORED),
+        ("attack.*", IGNORED), ("trainer.*", IGNORED), ("compute.*", IGNORED), ("model.*", IGNORED),
+        ("seed", IGNORED), ("target_model", IGNORED), *data_rules(content=IGNORED),
         *not_read("prior", "defense", "fooling"),
         *COMMON,
     ),
@@ -152,8 +153,8 @@ ACTIVATION_EXAMPLES_KEY = register(KeySpec(
         ("attack.figure_eps", AFFECTS),  # the default figure eps
         ("target_model", AFFECTS),
         # which images are drawn (thresholds, categories) enters through the chosen indices
-        ("attack.*", IGNORED), ("trainer.*", IGNORED), ("model.*", IGNORED), ("seed", IGNORED),
-        *data_rules(content=IGNORED),
+        ("attack.*", IGNORED), ("trainer.*", IGNORED), ("compute.*", IGNORED), ("model.*", IGNORED),
+        ("seed", IGNORED), *data_rules(content=IGNORED),
         *not_read("prior", "defense", "fooling"),
         *COMMON,
     ),
@@ -321,7 +322,7 @@ def summarize(ctx: RunContext, plan: Plan, table: pd.DataFrame, ex: dict, chosen
 def run(ctx: RunContext) -> dict[str, float]:
     plan = make_plan(ctx)
     key = study_key(ctx)
-    if not ctx.store.is_done("attack", key):
+    if not distributed.broadcast_object(ctx.store.is_done("attack", key)):  # rank 0 decides for every rank
         log.info("activations: the attack study is not stored yet; running it first")
         attack_study.run(ctx)
     # categories and high confidence with the current summary settings (never stored: see derive_outcomes)
@@ -329,23 +330,26 @@ def run(ctx: RunContext) -> dict[str, float]:
     chosen = (select_examples(outcomes, ctx.target_model, plan.figure_eps, plan.examples_per_category)
               if plan.examples_per_category else outcomes.iloc[:0].assign(k=0))
     indices = chosen["index"].astype(int).tolist()
-    with ctx.store.claim("activations", activations_key(ctx)) as table, \
-            ctx.store.claim("activation_examples", examples_key(ctx, indices)) as ex:
+    with distributed.claim(ctx.store, "activations", activations_key(ctx)) as table, \
+            distributed.claim(ctx.store, "activation_examples", examples_key(ctx, indices)) as ex:
         if table.done and ex.done:
             log.info("activations: reusing layer table %s", table.dir)
         else:
             evaluate(ctx, plan, None if table.done else table.dir, None if ex.done else ex.dir, indices)
-            if not table.done:
-                finish_table(table.dir, outcomes)
-                table.commit()
-            if not ex.done:
-                finish_examples(ex.dir)
-                ex.commit()
+            if distributed.is_rank_zero():  # every rank ran the loop; rank 0 alone joins and stores
+                if not table.done:
+                    finish_table(table.dir, outcomes)
+                if not ex.done:
+                    finish_examples(ex.dir)
+            table.commit()
+            ex.commit()
+    if not distributed.is_rank_zero():
+        return {}
+    with distributed.alone():
         rows = pd.read_parquet(table.dir / "layer_change.parquet")
-        examples = load_torch(ex.dir / "examples.pt")
-    derived = outcomes[["model", "eps", "index", *DERIVED_STUDY_COLUMNS]]
-    rows = rows.merge(derived, on=["model", "eps", "index"], how="left", validate="many_to_one")
-    save_parquet(rows, ctx.run_dir / "activations" / "layer_change.parquet")
-    metrics = summarize(ctx, plan, rows, examples, chosen)
+        derived = outcomes[["model", "eps", "index", *DERIVED_STUDY_COLUMNS]]
+        rows = rows.merge(derived, on=["model", "eps", "index"], how="left", validate="many_to_one")
+        save_parquet(rows, ctx.run_dir / "activations" / "layer_change.parquet")
+        metrics = summarize(ctx, plan, rows, load_torch(ex.dir / "examples.pt"), chosen)
     ctx.log_metrics(metrics)
     return metrics

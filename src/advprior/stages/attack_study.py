@@ -1,35 +1,36 @@
 """Stage ``attack``: the FGSM study (paper sections 4.1, 4.3, 4.4 and 7) on every configured model.
 
-Writes to the store (keyed by models, data and attack config): ``outcomes.parquet`` (one row per model,
-eps and image) and ``transfer.parquet``; the evaluation runs in shards of ``attack.shard_size`` images so
-a killed run resumes at the first unfinished shard. Into the run directory: ``attack/`` tables
-(outcomes, summary with Wilson/BCa intervals, category counts, transfer matrix, paired differences between
-models and between white-box and transferred examples) and ``figures/``.
+Writes to the store (keyed by models, data, attack config and numerics): ``outcomes.parquet`` (one row per
+model, eps and image) and ``transfer.parquet``; the evaluation is a Lightning loop (``advprior.loops``) over
+shards of ``attack.shard_size`` images split over the ranks, so a killed run resumes at the first
+unfinished shard. Into the run directory (rank 0): ``attack/`` tables (outcomes, summary with Wilson/BCa
+intervals, category counts, transfer matrix, paired differences between models and between white-box and
+transferred examples) and ``figures/``.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
+from .. import distributed
 from ..analysis.compare import comparison_metrics, model_differences, transfer_gaps
 from ..analysis.outcomes import derive_outcomes, read_outcomes, write_outcomes
 from ..analysis.rates import attack_summary, category_counts, format_eps, metric_dict
 from ..analysis.similarity import weight_similarity_close
 from ..analysis.transfer import transfer_matrix
-from ..attacks.lit_sweep import AttackSweepModule, merge_rank_shards
+from ..attacks.lit_sweep import TABLES as ATTACK_TABLES
+from ..attacks.lit_sweep import AttackStep
 from ..context import RunContext
 from ..keys import (AFFECTS, COMMON, IGNORED, TRAINER_FIT, TRAINER_OUTPUT, KeySpec, data_rules, not_read, register,
                     stage_key)
+from ..loops import bad_file_metrics, stage_loop, stage_models
 from ..store import link_into
-from ..utils.io import save_csv, save_parquet
+from ..utils.io import save_csv
 from ..utils.loggers import log_figure, log_table
-from .train import make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ ATTACK_KEY = register(KeySpec(
         # the table is the same on any number of devices (tested); fit-only and display settings
         *[(f"trainer.{k}", IGNORED) for k in TRAINER_OUTPUT + TRAINER_FIT + ("devices", "strategy", "num_nodes")],
         ("trainer.*", AFFECTS),  # accelerator, precision, limit_test_batches (a truncated table), ...
+        ("compute.channels_last", AFFECTS),  # the loop's memory format: other kernels, other rounding
         ("model.*", IGNORED),  # the models enter through their identities
         ("seed", IGNORED),  # FGSM is deterministic; the split enters through data.seed
         *data_rules(),
@@ -113,38 +115,18 @@ def study_key(ctx: RunContext) -> str:
     return stage_key(ctx, ATTACK_KEY)
 
 
-def evaluate(ctx: RunContext, out: Path) -> None:
-    """Run the sweep shard by shard into ``out``, skipping finished shards (resume)."""
-    cfg, dm = ctx.cfg, ctx.datamodule
-    dataset = dm.eval_dataset()
-    n, size = len(dataset), int(cfg.attack.shard_size)
-    paths = getattr(dataset, "paths", None)
-    batch = eval_batch_size(cfg)
-    for s, start in enumerate(range(0, n, size)):
-        shard = out / "shards" / f"{s:05d}"
-        if (shard / "outcomes.parquet").is_file() and (shard / "transfer.parquet").is_file():
-            log.info("attack: shard %d already done, skipping", s)
-            continue
-        if shard.exists():
-            shutil.rmtree(shard)
-        module = AttackSweepModule(ctx.models, epsilons(cfg), shard, use_true_labels=use_true_labels(cfg),
-                                   transfer=bool(cfg.attack.transfer), paths=paths)
-        loader = DataLoader(Subset(dataset, range(start, min(n, start + size))), batch_size=batch,
-                            num_workers=int(cfg.data.get("num_workers", 0)))
-        trainer = make_trainer(ctx, "attack", 1, logger=False, inference_mode=False, callbacks=[])
-        trainer.test(module, dataloaders=loader, verbose=False)
-        if trainer.is_global_zero:  # rank 0 merges every rank's rows (the dataset yields global indices)
-            outcomes, transfer = merge_rank_shards(shard)
-            write_outcomes(outcomes, shard / "outcomes.parquet")
-            save_parquet(transfer, shard / "transfer.parquet")
-        trainer.strategy.barrier()
-        log.info("attack: shard %d (%d images) done", s, min(n, start + size) - start)
-    parts = sorted((out / "shards").glob("*/outcomes.parquet"))
-    outcomes = pd.concat([read_outcomes(p) for p in parts], ignore_index=True)
-    transfer = pd.concat([pd.read_parquet(p.with_name("transfer.parquet")) for p in parts], ignore_index=True)
-    write_outcomes(outcomes, out / "outcomes.parquet", derived=False)  # derived columns: at summary time
-    save_parquet(transfer, out / "transfer.parquet")
-    shutil.rmtree(out / "shards")
+def evaluate(ctx: RunContext, out: Path) -> list[int] | None:
+    """The sweep as a Lightning loop over the evaluation images into ``out/{outcomes,transfer}.parquet``
+    (resumable pieces, split over ranks; every rank calls this). Rank 0 gets the skipped positions.
+    ``high_confidence`` and ``category`` are not stored: the summary derives them (``derive_outcomes``)."""
+    cfg = ctx.cfg
+    dataset = ctx.datamodule.eval_dataset()
+    models = stage_models(ctx.models, cfg.trainer.precision)
+    step = AttackStep(models, epsilons(cfg), use_true_labels=use_true_labels(cfg),
+                      transfer=bool(cfg.attack.transfer), paths=getattr(dataset, "paths", None))
+    result = stage_loop(ctx, "attack", dataset, step, models, ATTACK_TABLES, out,
+                        shard_size=int(cfg.attack.shard_size), grad=True)
+    return result.skipped if result is not None else None
 
 
 def images_fn(ctx: RunContext, model_name: str, eps: float):
@@ -237,14 +219,20 @@ def summarize(ctx: RunContext, outcomes: pd.DataFrame, transfer: pd.DataFrame) -
 
 
 def run(ctx: RunContext) -> dict[str, float]:
-    with ctx.store.claim("attack", study_key(ctx)) as art:
+    """Evaluate (every rank) unless stored, then summarize on rank 0 (the other ranks return {})."""
+    with distributed.claim(ctx.store, "attack", study_key(ctx)) as art:
         if art.done:
             log.info("attack: reusing outcomes %s", art.dir)
         else:
-            evaluate(ctx, art.dir)
-            art.commit()
+            skipped = evaluate(ctx, art.dir)
+            art.commit({"bad_files": bad_file_metrics(ctx.datamodule.eval_dataset(), "eval", skipped)}
+                       if distributed.is_rank_zero() else {})
+    if not distributed.is_rank_zero():
+        return {}
+    with distributed.alone():
         outcomes, transfer = read_outcomes(art.dir / "outcomes.parquet"), pd.read_parquet(art.dir / "transfer.parquet")
         link_into(art.dir / "transfer.parquet", ctx.run_dir / "attack" / "transfer_rows.parquet")
-    metrics = summarize(ctx, outcomes, transfer)
+        metrics = summarize(ctx, outcomes, transfer)
+        metrics.update(art.meta.get("bad_files", {}))
     ctx.log_metrics(metrics)
     return metrics

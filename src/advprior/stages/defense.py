@@ -4,36 +4,41 @@ On the eval images, for every eps: the base model and the posterior on clean ima
 crafted against the base model (non-adaptive, the paper's setting), and on FGSM and PGD crafted through the
 posterior itself (white-box adaptive). Rates get Wilson 95% intervals (good coverage on the small
 high-confidence subsets); the prior's log density is also scored as a detector of adversarial inputs (ROC-AUC).
+The per-image work (``defense_batch``) runs as a Lightning loop (``advprior.loops``) in resumable shards of
+``defense.shard_size`` images split over the ranks; rank 0 alone summarizes.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc
 
+from .. import distributed
 from ..analysis.intervals import rate_interval
 from ..analysis.rates import format_eps
 from ..attacks import FGSM, PGD, FGSMSweep
 from ..context import RunContext
 from ..keys import AFFECTS, COMMON, IGNORED, KeySpec, data_rules, not_read, register, stage_key
+from ..loops import Table, bad_file_metrics, stage_loop, stage_models
 from ..prior import BayesianPriorClassifier
 from ..store import link_into
-from ..utils.io import save_csv, save_parquet
+from ..utils.io import save_csv
 from ..utils.loggers import log_figure, log_table
-from ..utils.progress import batch_images, progress
 from . import prior_fit  # the prior's KeySpec is an input of the defense's
-from .attack_study import epsilons, eval_batch_size, use_true_labels
+from .attack_study import epsilons, use_true_labels
 
 log = logging.getLogger(__name__)
 
 
-def defended_model(ctx: RunContext) -> BayesianPriorClassifier:
+def defended_model(ctx: RunContext, base: torch.nn.Module | None = None) -> BayesianPriorClassifier:
+    """The posterior classifier around ``base`` (default: the target model) with the target's prior."""
     p = ctx.cfg.prior
-    return BayesianPriorClassifier(ctx.models[ctx.target_model], ctx.priors[ctx.target_model],
+    return BayesianPriorClassifier(base if base is not None else ctx.models[ctx.target_model],
+                                   ctx.priors[ctx.target_model],
                                    feature_layer=p.feature_layer, weight=float(p.weight),
                                    top_k=None if p.get("top_k") is None else int(p.top_k)).eval()
 
@@ -100,17 +105,34 @@ def defense_batch(
     return pd.concat(rows, ignore_index=True)
 
 
-def evaluate_defense(ctx: RunContext) -> pd.DataFrame:
-    """One row per (eps, image) over the evaluation images (``defense_batch`` per batch)."""
+class DefenseStep:
+    """``step(x, y, idx) -> {"outcomes": defense_batch(...)}``: the Lightning loop's view of ``defense_batch``."""
+
+    def __init__(self, base: torch.nn.Module, defended: BayesianPriorClassifier, eps_list: list[float], dcfg,
+                 true_labels: bool, seed: int) -> None:
+        self.base, self.defended, self.eps_list, self.dcfg = base, defended, eps_list, dcfg
+        self.true_labels, self.seed = true_labels, seed
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, pd.DataFrame]:
+        target = y if self.true_labels else None  # the same labels as the attack study
+        return {"outcomes": defense_batch(self.base, self.defended, x, y, idx, self.eps_list, self.dcfg, target,
+                                          self.seed)}
+
+
+DEFENSE_TABLES = (Table("outcomes", sort_by=("eps", "index")),)
+
+
+def evaluate_defense(ctx: RunContext, out: Path) -> list[int] | None:
+    """One row per (eps, image) over the evaluation images into ``out/outcomes.parquet``: ``defense_batch``
+    per batch in a Lightning loop (resumable pieces, split over ranks; every rank calls this). Rank 0 gets
+    the skipped positions."""
     cfg = ctx.cfg
-    base, defended = ctx.models[ctx.target_model], defended_model(ctx)
-    eps_list = epsilons(cfg)
-    loader = DataLoader(ctx.datamodule.eval_dataset(), batch_size=eval_batch_size(cfg))
-    rows = []
-    for x, y, idx in progress(loader, total=len(loader.dataset), desc="defense", unit="img", count=batch_images):
-        target = y if use_true_labels(cfg) else None  # the same labels as the attack study
-        rows.append(defense_batch(base, defended, x, y, idx, eps_list, cfg.defense, target, int(cfg.seed)))
-    return pd.concat(rows, ignore_index=True)
+    base = stage_models({"base": ctx.models[ctx.target_model]}, cfg.trainer.precision)["base"]
+    defended = defended_model(ctx, base)
+    step = DefenseStep(base, defended, epsilons(cfg), cfg.defense, use_true_labels(cfg), int(cfg.seed))
+    result = stage_loop(ctx, "defense", ctx.datamodule.eval_dataset(), step, {"defended": defended},
+                        DEFENSE_TABLES, out, shard_size=int(cfg.defense.shard_size), grad=True)
+    return result.skipped if result is not None else None
 
 
 def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> pd.DataFrame:
@@ -186,9 +208,10 @@ DEFENSE_KEY = register(KeySpec(
         ("prior.weight", AFFECTS), ("prior.top_k", AFFECTS),
         ("prior.*", IGNORED),  # the fitted prior enters through its key
         ("defense.adaptive.*", AFFECTS),
-        ("defense.panels", IGNORED),
+        ("defense.panels", IGNORED), ("defense.shard_size", IGNORED),  # a figure; resumable chunks of the same rows
         ("seed", AFFECTS),  # PGD's random start
         ("trainer.accelerator", AFFECTS), ("trainer.precision", AFFECTS),  # numerics of every forward pass
+        ("compute.channels_last", AFFECTS),
         ("trainer.*", IGNORED),
         *data_rules(affects=("batch_size", "eval_batch_size")),  # the first image of a batch seeds its PGD start
         ("target_model", AFFECTS),  # the base model (its identity enters through the prior's key)
@@ -206,20 +229,30 @@ def defense_key(ctx: RunContext) -> str:
 
 
 def run(ctx: RunContext) -> dict[str, float]:
-    from ..report.figures import defense_panels, save_figure
-
-    cfg, dcfg = ctx.cfg, ctx.cfg.defense
+    """Evaluate (every rank) unless stored, then summarize on rank 0 (the other ranks return {})."""
     if ctx.target_model not in ctx.priors:
         prior_fit.run(ctx)
-    ddir = ctx.run_dir / "defense"
-    with ctx.store.claim("defense", defense_key(ctx)) as art:
+    with distributed.claim(ctx.store, "defense", defense_key(ctx)) as art:
         if art.done:
             log.info("defense: reusing per-image results %s", art.dir)
         else:
-            save_parquet(evaluate_defense(ctx), art.dir / "outcomes.parquet")
-            art.commit()
-        df = pd.read_parquet(art.dir / "outcomes.parquet")
-        link_into(art.dir / "outcomes.parquet", ddir / "outcomes.parquet")
+            skipped = evaluate_defense(ctx, art.dir)
+            art.commit({"bad_files": bad_file_metrics(ctx.datamodule.eval_dataset(), "eval", skipped)}
+                       if distributed.is_rank_zero() else {})
+    if not distributed.is_rank_zero():
+        return {}
+    with distributed.alone():
+        return summarize(ctx, art)
+
+
+def summarize(ctx: RunContext, art) -> dict[str, float]:
+    """Rank 0: the summary table, metrics, panels and W&B tables from the stored per-image results."""
+    from ..report.figures import defense_panels, save_figure
+
+    cfg, dcfg = ctx.cfg, ctx.cfg.defense
+    df = pd.read_parquet(art.dir / "outcomes.parquet")
+    ddir = ctx.run_dir / "defense"
+    link_into(art.dir / "outcomes.parquet", ddir / "outcomes.parquet")
     summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
     save_csv(summary, ddir / "summary.csv")
     metrics: dict[str, float] = {}
@@ -231,5 +264,6 @@ def run(ctx: RunContext) -> dict[str, float]:
     fig = defense_panels(*panel_images(ctx, df, int(dcfg.panels)))
     log_figure(ctx, "defense/panels", save_figure(fig, ctx.run_dir / "figures" / "defense_panels.png"))
     log_table(ctx, "defense/summary", summary)
+    metrics.update(ctx.store.read_meta("defense", art.key).get("bad_files", {}))
     ctx.log_metrics(metrics)
     return metrics

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import distributed
 from ..config.validate import check_fooling_models, check_node
 from ..context import RunContext
 from ..fooling.config import ENCODINGS, FoolingConfig, resolve_device
@@ -60,7 +61,7 @@ def _fooling_spec(encoding: str) -> KeySpec:
             ("fooling.*", AFFECTS),  # population, generations, batch size, device, this encoding's settings
             ("seed", AFFECTS),
             *data_rules(affects=("image_size", "channels"), content=IGNORED),  # the render size
-            ("trainer.*", IGNORED),  # the search runs the model itself, in float32
+            ("trainer.*", IGNORED), ("compute.*", IGNORED),  # the search runs the model itself, in float32
             ("model.*", IGNORED),  # the source enters through its identity
             ("target_model", IGNORED), *not_read("attack", "prior", "defense", "activations"),
             *COMMON,
@@ -137,17 +138,6 @@ def moved_to(models: list[torch.nn.Module], device: torch.device) -> Iterator[No
             m.to(home)
 
 
-def on_rank_zero(fn: Callable[[], object]) -> None:
-    """Run ``fn`` on rank 0 only when a process group is up (the others wait at a barrier); else run it."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_rank() == 0:
-            fn()
-        dist.barrier()
-    else:
-        fn()
-
-
 def _label(names, cls: int, width: int = 16) -> str:
     name = str(names[cls]) if names is not None else str(cls)
     return name if len(name) <= width else name[:width - 1] + "…"
@@ -180,7 +170,10 @@ def run(ctx: RunContext) -> dict[str, float]:
     fcfg = fooling_config(ctx)
     sources = fcfg.sources or list(ctx.cfg.model)
     targets = fcfg.targets or list(ctx.cfg.model)
-    on_rank_zero(lambda: [evolve(ctx, fcfg, s, e) for s in sources for e in fcfg.encodings])
+    # not data-parallel: rank 0 searches, the others wait (rank 0's error reaches them)
+    distributed.run_on_rank_zero(lambda: [evolve(ctx, fcfg, s, e) for s in sources for e in fcfg.encodings])
+    if not distributed.is_rank_zero():  # scoring, tables, figures and logs: rank 0 alone
+        return {}
     fdir = ctx.run_dir / "fooling"
     scores, progress, elites = [], [], {}
     for source in sources:

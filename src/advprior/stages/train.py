@@ -1,5 +1,10 @@
 """Stage ``train``: build every configured model; train the small ones (cached in the store, keyed as ``TRAIN_KEY``
-declares; a model not trained here is identified as ``PRETRAINED_KEY`` declares)."""
+declares; a model not trained here is identified as ``PRETRAINED_KEY`` declares).
+
+Under DDP every rank trains together (Lightning's data-parallel ``fit`` on the configured strategy: the
+trainer settings are part of the model's key, so a DDP-trained model never stands in for a one-process
+one); rank 0 alone stores the weights, the others wait for it.
+"""
 from __future__ import annotations
 
 import inspect
@@ -12,6 +17,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .. import distributed
 from ..context import RunContext
 from ..identity import weights_digest
 from ..keys import (AFFECTS, COMMON, CONTENT, IGNORED, TRAINER_OUTPUT, TRAINER_VALIDATION, KeySpec, data_rules,
@@ -29,8 +35,11 @@ log = logging.getLogger(__name__)
 
 
 def build_model(mcfg: DictConfig, datamodule: Any) -> Classifier:
-    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data; a
-    ``checkpoint`` the builder does not take itself is loaded after building (``weights_only=True``)."""
+    """Instantiate a model config, filling ``num_classes``/``in_channels``/``image_size`` from the data.
+
+    ``checkpoint`` (a state dict path, read with ``weights_only=True``) is loaded after building when the
+    model's own builder does not take it (e.g. ``model.vgg_small.checkpoint=... model.vgg_small.train=null``).
+    """
     spec = OmegaConf.to_container(mcfg, resolve=True)
     spec.pop("train", None)
     spec.pop("frozen", None)
@@ -85,6 +94,7 @@ TRAIN_KEY = register(KeySpec(
         *data_rules(affects=("batch_size", "seed")),  # seed: the split (content) and the shuffling
         *[(f"trainer.{k}", IGNORED) for k in TRAINER_OUTPUT + TRAINER_VALIDATION],
         ("trainer.*", AFFECTS),  # epochs, batch limits, precision, devices...; limit_test_batches: the test accuracy
+        ("compute.channels_last", IGNORED),  # the image stages' loops only
         ("target_model", IGNORED), *not_read("attack", "prior", "defense", "fooling", "activations"),
         *COMMON,
     ),
@@ -104,6 +114,7 @@ PRETRAINED_KEY = register(KeySpec(
         ("seed", CONTENT),  # a random init's weights
         *data_rules(),  # only the class count and input shape of a random init
         ("trainer.*", IGNORED),  # nothing is trained; the stages that run the model declare precision etc.
+        ("compute.channels_last", IGNORED),
         ("target_model", IGNORED), *not_read("attack", "prior", "defense", "fooling", "activations"),
         *COMMON,
     ),
@@ -139,11 +150,14 @@ def fit_model(ctx: RunContext, name: str, model: Classifier) -> dict:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - t0
+    bad = lazily_skipped(trainer.train_dataloader)
     res = trainer.test(module, datamodule=dm, verbose=False)[0]
     metrics = {f"train/{name}/test_acc": float(res[f"test/{name}/acc"]),
                f"train/{name}/test_acc_top5": float(res[f"test/{name}/acc_top5"]),
                f"train/{name}/fit_seconds": seconds,
                f"train/{name}/epochs": epochs}
+    if bad is not None:
+        metrics["data/bad_files/train"] = bad
     log.info("model %s: test acc %.4f after %d epochs in %.1f s", name, metrics[f"train/{name}/test_acc"],
              epochs, seconds)
     return metrics
@@ -159,20 +173,31 @@ def train_or_load(ctx: RunContext, name: str) -> tuple[Classifier, dict]:
         if mcfg.get("frozen", True):
             model.freeze()
         return model, {}
-    with ctx.store.claim("train", model_identity(ctx, name)) as art:
+    with distributed.claim(ctx.store, "train", model_identity(ctx, name)) as art:
         if art.done:
             log.info("model %s: reusing trained weights %s", name, art.dir)
             model.load_state_dict(load_torch(art.dir / "model.pt"))
             metrics = art.meta
         else:
             metrics = fit_model(ctx, name, model)
-            save_torch(model.state_dict(), art.dir / "model.pt")
+            if distributed.is_rank_zero():  # DDP keeps every rank's weights equal: rank 0 stores them
+                save_torch(model.state_dict(), art.dir / "model.pt")
             art.commit(metrics)
+    if distributed.is_rank_zero():
         link_into(art.dir / "model.pt", ctx.run_dir / "models" / f"{name}.pt")
     model.eval()
     if mcfg.get("frozen", True):
         model.freeze()
     return model, metrics
+
+
+def lazily_skipped(loader: Any) -> int | None:
+    """Undecodable files a training pass dropped (``SkipNoneCollate``), over every rank; None when the
+    dataset has no image files."""
+    dataset = getattr(loader, "dataset", None)
+    if not hasattr(dataset, "bad_files"):
+        return None
+    return len({p for part in distributed.all_gather_object(dataset.bad_files) for p in part})
 
 
 def run(ctx: RunContext) -> dict[str, float]:
