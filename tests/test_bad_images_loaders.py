@@ -22,7 +22,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.imagenet_fixture import make_fake_imagenet, truncated_jpeg_bytes
 
-SMALL = ["+data.image_size=32", "+data.resize_size=36", "data.num_workers=0", "data.batch_size=4"]
+SMALL = ["data.image_size=32", "data.resize_size=36", "data.num_workers=0", "data.batch_size=4"]
 
 
 def _corrupt(path: Path) -> None:
@@ -86,7 +86,7 @@ def test_decode_check_is_cached_by_name_size_and_time(tmp_path, monkeypatch):
     assert sorted(find_bad(paths, cache_dir=tmp_path / "cache")) == [0, 2] and len(calls) == 6
 
 
-def test_a_fully_cached_run_decodes_nothing_and_lists_no_train_files(make_cfg, tmp_path, monkeypatch):
+def test_a_fully_cached_run_decodes_nothing_and_lists_train_files_once(make_cfg, tmp_path, monkeypatch):
     fake = make_fake_imagenet(tmp_path / "imagenet", num_classes=3, per_class_train=4, num_val=6)
     over = ["experiment=paper_imagenet", "stages=[attack,prior,defense]", "target_model=null",
                     f"data.root={fake.root}", *SMALL, "data.support_per_class=4",
@@ -99,7 +99,8 @@ def test_a_fully_cached_run_decodes_nothing_and_lists_no_train_files(make_cfg, t
     monkeypatch.setattr(imagefiles, "check_image", lambda p, c="decode": checked.append(p) or real_check(p, c))
     monkeypatch.setattr(ImageNetDataModule, "train_files", lambda self: listed.append(1) or real_train(self))
     run_task(make_cfg(over))
-    assert checked == [] and listed == []
+    # the support set's content key needs the file list (sizes, mtimes), read once; no image is decoded
+    assert checked == [] and len(listed) <= 1
 
 
 def test_missing_weights_are_reported_before_any_image_is_read(make_cfg, tmp_path, monkeypatch):

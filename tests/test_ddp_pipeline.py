@@ -105,7 +105,7 @@ def test_random_vgg19_on_a_fake_imagenet_two_processes_equal_one(tmp_path):
     fake = make_fake_imagenet(tmp_path / "imagenet", num_classes=4, per_class_train=4, num_val=10)
     over = ["experiment=paper_imagenet", "stages=[attack,prior,defense]", f"data.root={fake.root}",
             "data.eval_subset=9", "data.num_workers=1",
-            "+data.image_size=32", "+data.resize_size=36", "data.support_per_class=4",
+            "data.image_size=32", "data.resize_size=36", "data.support_per_class=4",
             "prior.support_per_class=4", "model=[vgg19]", "model.vgg19.weights=null", "logger=[csv]",
             "debug=fast", *STAGES]
     for name in ("single", "ddp"):

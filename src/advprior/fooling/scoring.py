@@ -75,7 +75,10 @@ def fooling_summary(scores: pd.DataFrame, thresholds: Sequence[float] = (0.5, 0.
             for th in thresholds:
                 rec[f"share_above_{th:g}"] = float((src["bin_class_prob"] > th).mean()) if len(src) else float("nan")
             rows.append(rec)
-    return pd.DataFrame(rows)
+    stats = ("source_conf_mean", "transfer_rate", "target_conf_mean", "target_bin_prob_mean")
+    columns = ["source", "target", "encoding", "n", *(f"{s}{e}" for s in stats for e in ("", "_low", "_high")),
+               *(f"share_above_{th:g}" for th in thresholds)]
+    return pd.DataFrame(rows, columns=columns)  # the columns even when no target scores (no rows)
 
 
 def _mean(values, n_resamples: int, seed: int) -> tuple[float, float, float]:

@@ -43,7 +43,10 @@ class RunData:
             path = self.run_dir / rel
             df = None
             if path.is_file() and path.stat().st_size:
-                df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+                try:
+                    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+                except pd.errors.EmptyDataError:  # a table written with no columns (nothing to report)
+                    df = None
             self._tables[rel] = df if df is not None and len(df) else None
         return self._tables[rel]
 

@@ -5,7 +5,7 @@
 - ``KNOWN_WARNINGS``: specific warnings raised inside a library, about the library's own code, that no
   setting of ours can avoid; each is ignored by message, category and the module it is attributed to.
 - ``ConsoleFilter`` (installed on the console handler by ``conf/hydra/default.yaml``): the console shows
-  INFO records of ``CONSOLE_LOGGERS`` only (run directory, stage start and end, the closing summary) and
+  INFO records of ``CONSOLE_LOGGERS`` only (run directory, processes, stage start and end, the closing summary) and
   every WARNING or ERROR from anyone; ``run.log`` keeps every INFO line.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str, str], ...] = (
      "torch >= 2.10 deprecates LeafSpec; pytorch_lightning 2.6's own _pytree helper still constructs it"),
 )
 
-CONSOLE_LOGGERS = ("advprior", "advprior.pipeline")
+CONSOLE_LOGGERS = ("advprior", "advprior.pipeline", "advprior.distributed")  # distributed: processes, GPUs
 
 
 def quiet_libraries() -> None:
