@@ -34,6 +34,7 @@ def validate_config(cfg: DictConfig) -> None:
         _positive(cfg, f"data.{key}", allow_none=True)
     if cfg.data.get("num_workers", 0) < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    _check_prior_and_defense(cfg)
     for name, m in cfg.model.items():
         if m is None or "_target_" not in m:
             raise ConfigError(f"model.{name} has no _target_; pick a model config from conf/model/")
@@ -46,3 +47,15 @@ def validate_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"model.{name}.dropout must be in [0, 1), got {v}")
             if key == "hidden" and v is not None and v < 0:
                 raise ConfigError(f"model.{name}.hidden must be >= 0, got {v}")
+
+
+def _check_prior_and_defense(cfg: DictConfig) -> None:
+    """The prior's and the defense's options (their checks live beside the code that uses them)."""
+    from .stages.attack_study import epsilons
+    from .stages.defense import check_adaptive_config
+    from .stages.prior_fit import check_prior_config
+
+    if cfg.get("prior") is not None:
+        check_prior_config(cfg.prior)
+    if cfg.get("defense") is not None and cfg.get("attack") is not None:
+        check_adaptive_config(cfg.defense.adaptive, max(epsilons(cfg), default=0.0))

@@ -1,7 +1,8 @@
 """Stage ``prior``: fit the paper's class-conditional prior p(r|y,x) on the target model's support features.
 
 fc6 features of ``data.support_per_class`` training images per class (cached, resumable) -> per-class PCA ->
-per-class autoencoders (one batched LightningModule) -> per-class Gaussian KDE. Cached by config hash.
+per-class autoencoders (one batched LightningModule) -> per-class Gaussian KDE (or, ``prior.space=shared``,
+one PCA and autoencoder for all classes and a class-conditional KDE). Cached by config hash.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 
 from ..context import RunContext
 from ..prior import BatchedAutoencoder, ClassConditionalKDE, ClassPCA, ClassPrior, fit_class_prior
+from ..prior.class_prior import SPACES
 from ..prior.features import extract_features
 from ..store import config_without
 from ..utils.io import load_torch, save_torch
@@ -21,7 +23,31 @@ log = logging.getLogger(__name__)
 
 STAGE_VERSION = 1
 FIT_KEYS = ("feature_layer", "n_components", "bottleneck", "depth", "negative_slope", "bandwidth",
-            "kernel_cov", "cv_folds", "ae")
+            "kernel_cov", "cv_folds", "ae", "space", "standardize", "val_fraction")
+
+
+def check_prior_config(pcfg) -> None:
+    """The prior's new options (space, standardize, val_fraction, bandwidth, ae.patience) -> ConfigError."""
+    from ..validation import ConfigError
+
+    space = pcfg.get("space", "per_class")
+    if space not in SPACES:
+        raise ConfigError(f"prior.space must be one of {SPACES}, got {space!r}")
+    if not isinstance(pcfg.get("standardize", False), bool):
+        raise ConfigError(f"prior.standardize must be true or false, got {pcfg.get('standardize')!r}")
+    vf = pcfg.get("val_fraction", 0.0)
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 <= vf < 1:
+        raise ConfigError(f"prior.val_fraction must be a number in [0, 1), got {vf!r}")
+    patience = pcfg.ae.get("patience")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ConfigError(f"prior.ae.patience must be null or an int >= 1, got {patience!r}")
+    md = pcfg.ae.get("min_delta", 0.0)
+    if isinstance(md, bool) or not isinstance(md, (int, float)) or not md >= 0:
+        raise ConfigError(f"prior.ae.min_delta must be a number >= 0, got {md!r}")
+    for what, needs in (("prior.bandwidth=heldout", pcfg.get("bandwidth") == "heldout"),
+                        (f"prior.ae.patience={patience} (early stopping)", patience is not None)):
+        if needs and not vf:
+            raise ConfigError(f"{what} needs held-out support points: set prior.val_fraction > 0 (e.g. 0.2)")
 
 
 def support_per_class(ctx: RunContext) -> int | None:
@@ -46,11 +72,12 @@ def prior_key(ctx: RunContext) -> str:
 
 def empty_prior(num_classes: int, pcfg) -> ClassPrior:
     """An unfitted ClassPrior of the configured shape, ready for ``load_state_dict``."""
+    space = str(pcfg.get("space", "per_class"))
     return ClassPrior(
         ClassPCA(int(pcfg.n_components)),
-        BatchedAutoencoder(num_classes, int(pcfg.n_components), int(pcfg.bottleneck), pcfg.get("depth"),
-                           float(pcfg.negative_slope)),
-        ClassConditionalKDE(),
+        BatchedAutoencoder(num_classes if space == "per_class" else 1, int(pcfg.n_components),
+                           int(pcfg.bottleneck), pcfg.get("depth"), float(pcfg.negative_slope)),
+        ClassConditionalKDE(), space=space, num_classes=num_classes,
     )
 
 
@@ -88,6 +115,9 @@ def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
         negative_slope=float(pcfg.negative_slope), bandwidth=float(bw) if isinstance(bw, (int, float)) else str(bw),
         kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
         batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed),
+        space=str(pcfg.space), standardize=bool(pcfg.standardize), val_fraction=float(pcfg.val_fraction),
+        patience=None if pcfg.ae.get("patience") is None else int(pcfg.ae.patience),
+        min_delta=float(pcfg.ae.get("min_delta") or 0.0),
         # the run's loggers get the per-epoch prior/ae_recon_loss curve
         trainer_kwargs={"logger": list(ctx.loggers.values()) or False, "log_every_n_steps": 1},
     )
@@ -101,7 +131,11 @@ def fit_or_load(ctx: RunContext) -> tuple[ClassPrior, dict]:
         "prior/support_points": int(len(feats["labels"])),
         "prior/support_log_density_mean": float(own.mean()),
         "prior/bandwidth_mean": float(prior.kde.bandwidth_.float().mean()),
+        "prior/ae_epochs": len(prior.loss_history),
     }
+    if prior.val_loss_history:  # held-out support points: the kept epoch and its held-out loss
+        meta["prior/ae_best_epoch"] = int(prior.best_epoch)
+        meta["prior/ae_val_loss"] = float(prior.val_loss_history[prior.best_epoch])
     save_torch(prior.state_dict(), out / "prior.pt")
     ctx.store.mark_done("prior", key, meta=meta)
     log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f",
