@@ -58,22 +58,33 @@ def build_context(overrides: list[str], root: Path) -> RunContext:
     return ctx
 
 
-def evaluate(ctx: RunContext, dcfg) -> pd.DataFrame:  # noqa: ANN001
-    """The defense summary for the defense settings ``dcfg`` (every eval image, ``defense_batch`` per batch)."""
+def evaluate(ctx: RunContext, dcfg) -> tuple[pd.DataFrame, float]:  # noqa: ANN001
+    """The defense summary for the defense settings ``dcfg`` (every eval image, ``defense_batch`` per batch)
+    and its cost: image forward passes through the target model per eval image (a load-independent proxy
+    of the run time; every attack step is one forward + one backward)."""
     cfg = ctx.cfg
     base, defended = ctx.models[ctx.target_model], defense.defended_model(ctx)
     loader = torch.utils.data.DataLoader(ctx.datamodule.eval_dataset(),
                                          batch_size=int(cfg.data.get("eval_batch_size") or 64))
-    rows = [defense.defense_batch(base, defended, x, y, idx, epsilons(cfg), dcfg, y if use_true_labels(cfg) else None,
-                                  int(cfg.seed)) for x, y, idx in loader]
-    return defense.defense_summary(pd.concat(rows, ignore_index=True), float(cfg.attack.high_conf_threshold),
-                                   int(cfg.attack.n_boot), int(cfg.seed))
+    passes = [0]
+    hook = base.register_forward_pre_hook(lambda _m, args: passes.__setitem__(0, passes[0] + args[0].shape[0]))
+    try:
+        rows = [defense.defense_batch(base, defended, x, y, idx, epsilons(cfg), dcfg,
+                                      y if use_true_labels(cfg) else None, int(cfg.seed)) for x, y, idx in loader]
+    finally:
+        hook.remove()
+    df = pd.concat(rows, ignore_index=True)
+    summary = defense.defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot),
+                                      int(cfg.seed))
+    return summary, passes[0] / df["index"].nunique()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run: 1 training epoch, 32 eval images")
     ap.add_argument("--json", type=Path, help="write the rows with advprior.utils.bench.write_results")
+    ap.add_argument("--previous", action="store_true",
+                    help="also evaluate the adaptive settings before issue 10 (CE, PGD-10, one restart)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. prior.space=shared")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -84,18 +95,29 @@ def main() -> None:
     root = Path(os.environ.get("ADVPRIOR_ROOT") or tempfile.mkdtemp(prefix="adaptive_strength_"))
     ctx = build_context(overrides, root)
     dcfg = ctx.cfg.defense
-    base_summary = evaluate(ctx, dcfg)
+    base_summary, cost = evaluate(ctx, dcfg)
     doubled = dcfg.copy()
     with open_dict(doubled):
         doubled.adaptive.pgd.steps = 2 * int(dcfg.adaptive.pgd.steps)
         doubled.adaptive.pgd.restarts = 2 * int(dcfg.adaptive.pgd.restarts)
         doubled.adaptive.detector_aware.enabled = False
-    double_summary = evaluate(ctx, doubled)
+    double_summary, double_cost = evaluate(ctx, doubled)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
     print(f"prior.space={ctx.cfg.prior.space}  pgd: steps={dcfg.adaptive.pgd.steps} "
-          f"restarts={dcfg.adaptive.pgd.restarts} loss={dcfg.adaptive.pgd.loss}")
+          f"restarts={dcfg.adaptive.pgd.restarts} loss={dcfg.adaptive.pgd.loss}; model forwards per eval image: "
+          f"{cost:.0f} (doubled, without the detector-aware attack: {double_cost:.0f})")
     print(base_summary[[c for c in COLUMNS if c in base_summary]].round(4).to_string(index=False))
+    if args.previous:
+        prev = dcfg.copy()
+        with open_dict(prev):  # the settings before issue 10: CE on the posterior, PGD-10, one restart
+            prev.adaptive.loss = "ce"
+            prev.adaptive.pgd.steps, prev.adaptive.pgd.restarts, prev.adaptive.pgd.loss = 10, 1, "ce"
+            prev.adaptive.detector_aware.enabled = False
+        prev_summary, prev_cost = evaluate(ctx, prev)
+        print(f"previous adaptive settings (CE, PGD-10, 1 restart; forwards per image {prev_cost:.0f}):")
+        print(prev_summary[["eps_255", "adaptive_fgsm_post_acc", "adaptive_pgd_only_post_acc",
+                            "adaptive_pgd_post_acc", "pgd_base_acc"]].round(4).to_string(index=False))
     rows = []
     for (_, a), (_, b) in zip(base_summary.iterrows(), double_summary.iterrows()):
         width = a["adaptive_pgd_post_acc_high"] - a["adaptive_pgd_post_acc_low"]

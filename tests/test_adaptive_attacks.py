@@ -227,6 +227,28 @@ def test_more_restarts_only_add_successes_and_seeds_are_per_image():
     assert not torch.equal(start(x, y, seeds=seeds), start(x, y, seeds=seeds + 1))
 
 
+@pytest.mark.parametrize("targeted", [False, True])
+def test_early_stop_keeps_the_first_successful_iterate(targeted):
+    """Oracle: the t-step PGD (same seeds) is the t-th iterate; early stopping returns, per image, the first
+    iterate that succeeds, else the last one."""
+    model = Linear(4).double()
+    x = _images(12, seed=11).double()
+    y = torch.randint(0, 5, (12,), generator=torch.Generator().manual_seed(12))
+    seeds = torch.stack([torch.zeros(12, dtype=torch.long), torch.arange(12)], 1)
+    kw = dict(eps=6 / 255, alpha=1 / 255, loss="margin", targeted=targeted)
+    S = 8
+    out = PGD(model, steps=S, early_stop=True, **kw)(x, y, seeds=seeds)
+    iterates = [PGD(model, steps=t, **kw)(x, y, seeds=seeds) for t in range(S + 1)]
+    with torch.no_grad():
+        preds = torch.stack([model(it).argmax(1) for it in iterates])
+    won = preds == y if targeted else preds != y
+    for b in range(12):
+        first = torch.nonzero(won[:S, b]).flatten()  # iterates 0..S-1 are tested before a step
+        t = int(first[0]) if len(first) else S
+        assert torch.equal(out[b], iterates[t][b]), b
+    assert 0 < won[:S].any(0).sum() < 12  # some images stop early, some run to the end
+
+
 # ---------------------------------------------------------------------------------------------------
 # The detector-aware attack
 # ---------------------------------------------------------------------------------------------------
@@ -277,3 +299,102 @@ def test_gradcheck_through_the_joint_scores(kernel_cov):
     assert torch.autograd.gradcheck(defended, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
     assert torch.autograd.gradcheck(lambda z: margin(defended(z), torch.tensor([0, 2]), reduction="none"),
                                     (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The defense on the embedded default (digits, vgg_small trained for one short epoch)
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """Context with vgg_small (1 epoch of 6 batches) and its prior fitted, config as the embedded default."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from advprior.context import RunContext
+    from advprior.stages import prior_fit, train
+    from advprior.store import ArtifactStore
+    from advprior.utils.seeding import seed_everything
+    try:
+        from conftest import compose_cfg
+    except ImportError:  # tests/ imported as a package
+        from tests.conftest import compose_cfg
+    root = tmp_path_factory.mktemp("embedded")
+    cfg = compose_cfg(root, ["model=[vgg_small]", "trainer.limit_train_batches=6", "prior.ae.epochs=3",
+                             "data.eval_subset=64", "attack.epsilons=[2,8]"])
+    seed_everything(cfg.seed)
+    ctx = RunContext(cfg=cfg, run_dir=root / "run", store=ArtifactStore(cfg.paths.store_dir))
+    train.run(ctx)
+    prior_fit.run(ctx)
+    yield ctx
+    GlobalHydra.instance().clear()
+
+
+def _defense_rows(ctx, dcfg, n: int) -> "pd.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    from advprior.stages import defense
+    base, defended = ctx.models["vgg_small"], defense.defended_model(ctx)
+    ds = ctx.datamodule.eval_dataset()
+    x = torch.stack([ds[i][0] for i in range(n)])
+    y = torch.tensor([ds[i][1] for i in range(n)])
+    idx = torch.tensor([ds[i][2] for i in range(n)])
+    eps = [float(e) / 255 for e in ctx.cfg.attack.epsilons]
+    return pd.concat([defense.defense_batch(base, defended, x[s], y[s], idx[s], eps, dcfg, y[s], int(ctx.cfg.seed))
+                      for s in (slice(0, n // 2), slice(n // 2, n))], ignore_index=True)
+
+
+def test_adaptive_accuracy_never_exceeds_non_adaptive(embedded):
+    """A theorem of the worst-case columns, whatever the trained weights: an image counts as correct under
+    the adaptive PGD only if the posterior is right on both the non-adaptive FGSM example and the PGD one."""
+    from omegaconf import open_dict
+
+    from advprior.stages.defense import defense_summary
+    dcfg = embedded.cfg.defense.copy()
+    with open_dict(dcfg):
+        dcfg.adaptive.pgd.steps, dcfg.adaptive.pgd.restarts = 3, 2
+    df = _defense_rows(embedded, dcfg, 32)
+    y = df["label"]
+    assert not ((df["adaptive_pgd_post_pred"] == y) & (df["post_adv_pred"] != y)).any()
+    assert not ((df["adaptive_pgd_post_pred"] == y) & (df["adaptive_pgd_only_post_pred"] != y)).any()
+    assert not ((df["pgd_base_pred"] == y) & (df["base_adv_pred"] != y)).any()
+    s = defense_summary(df, 0.5, 50, 0)
+    assert (s["adaptive_pgd_post_acc"] <= s["post_adv_acc"]).all()
+    assert (s["adaptive_pgd_post_acc"] <= s["adaptive_pgd_only_post_acc"]).all()
+    assert (s["pgd_base_acc"] <= s["base_adv_acc"]).all()
+    for col in ("adaptive_det_post_acc", "adaptive_fgsm_post_acc"):
+        assert s[col].between(0, 1).all()
+    has = s["n_detector_adv_adaptive"] > 0
+    assert s.loc[has, "detector_auc_adaptive"].between(0, 1).all()
+    assert s.loc[~has, "detector_auc_adaptive"].isna().all()
+    # the detector-aware columns are what the defended model says on those examples
+    assert set(df["det_aware_post_pred"].unique()) <= set(range(10))
+
+
+def _doubling_check(ctx, n: int) -> None:
+    """Adaptive PGD accuracy at the configured steps/restarts vs at twice both: the change stays below one
+    interval width at every eps (the defaults are strong enough to have converged)."""
+    from omegaconf import open_dict
+
+    from advprior.stages.defense import defense_summary
+    dcfg = ctx.cfg.defense.copy()
+    with open_dict(dcfg):
+        dcfg.adaptive.fgsm = False
+        dcfg.adaptive.detector_aware.enabled = False
+    doubled = dcfg.copy()
+    with open_dict(doubled):
+        doubled.adaptive.pgd.steps = 2 * int(dcfg.adaptive.pgd.steps)
+        doubled.adaptive.pgd.restarts = 2 * int(dcfg.adaptive.pgd.restarts)
+    a = defense_summary(_defense_rows(ctx, dcfg, n), 0.5, 200, 0)
+    b = defense_summary(_defense_rows(ctx, doubled, n), 0.5, 200, 0)
+    width = a["adaptive_pgd_post_acc_high"] - a["adaptive_pgd_post_acc_low"]
+    change = (b["adaptive_pgd_post_acc"] - a["adaptive_pgd_post_acc"]).abs()
+    assert ((change < width) | (change == 0)).all(), (a["adaptive_pgd_post_acc"].tolist(),
+                                                      b["adaptive_pgd_post_acc"].tolist(), width.tolist())
+
+
+def test_default_pgd_has_converged_fast(embedded):
+    _doubling_check(embedded, 16)
+
+
+@pytest.mark.slow
+def test_default_pgd_has_converged(embedded):
+    _doubling_check(embedded, 64)

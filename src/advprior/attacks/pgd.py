@@ -44,6 +44,9 @@ class PGD(Attack):
             device (the torchattacks draw: ``torch.empty_like(x).uniform_(-eps, eps)``). A generator on
             another device draws there and the noise is copied over. Default None.
         restarts: int >= 1 (> 1 needs ``random_start``). Default 1.
+        early_stop: stop attacking an image at the first iterate that succeeds and keep that iterate (a
+            robust-accuracy evaluation: success at any step counts, and succeeded images cost nothing
+            more). Default False (the last iterate, as torchattacks).
         loss: ``"ce"`` (default), ``"margin"`` (Carlini-Wagner; the strong choice for scores whose
             cross-entropy saturates, e.g. a log posterior) or a callable, see ``advprior.attacks.losses``.
 
@@ -79,6 +82,7 @@ class PGD(Attack):
         generator: torch.Generator | None = None,
         restarts: int = 1,
         loss: str | LossFn = "ce",
+        early_stop: bool = False,
     ) -> None:
         super().__init__(model, loss)
         self.eps = check_eps(eps, "eps")
@@ -96,6 +100,7 @@ class PGD(Attack):
             raise ValueError(f"restarts={restarts} needs random_start=True: without a random start every "
                              "restart is the same deterministic attack")
         self.restarts = restarts
+        self.early_stop = bool(early_stop)
         self.random_start = bool(random_start)
         self.targeted = bool(targeted)
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -106,6 +111,7 @@ class PGD(Attack):
         return {
             "eps": self.eps, "alpha": self.alpha, "steps": self.steps, "restarts": self.restarts,
             "random_start": self.random_start, "targeted": self.targeted, "loss": loss_name(self.loss),
+            "early_stop": self.early_stop,
         }
 
     # -- public ------------------------------------------------------------------------------------
@@ -150,7 +156,7 @@ class PGD(Attack):
         images = images.detach()
         if self.eps == 0.0 or self.steps == 0 and not self.random_start:
             return images.clone()
-        if labels is None and self.random_start:
+        if labels is None and (self.random_start or self.early_stop):
             # Attack the clean prediction, not the prediction at the random start.
             with torch.no_grad():
                 labels = self._scores(images).argmax(dim=1)
@@ -181,6 +187,8 @@ class PGD(Attack):
         adv = images.clone()
         if noise is not None:
             adv = torch.clamp(adv + noise, min=0, max=1).detach()
+        if self.early_stop:
+            return self._descend_until_success(images, labels, adv)
         for _ in range(self.steps):
             # labels=None only when not random_start: the first step's forward is on the clean images.
             _, labels, grad = self._input_gradient(adv, labels, self.targeted)
@@ -188,3 +196,19 @@ class PGD(Attack):
             delta = torch.clamp(adv - images, min=-self.eps, max=self.eps)
             adv = torch.clamp(images + delta, min=0, max=1).detach()
         return adv
+
+    def _descend_until_success(self, images: torch.Tensor, labels: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """PGD from ``adv`` where an image leaves the batch at the first iterate that succeeds (that iterate
+        is kept); the success test reuses each step's forward pass, so it costs nothing extra."""
+        active = torch.arange(images.shape[0], device=images.device)
+        for _ in range(self.steps):
+            scores, _, grad = self._input_gradient(adv[active], labels[active], self.targeted)
+            pred = scores.argmax(1)
+            going = pred != labels[active] if self.targeted else pred == labels[active]
+            active, grad = active[going], grad[going]
+            if active.numel() == 0:
+                break
+            x0 = images[active]
+            step = adv[active] + self.alpha * grad.sign()
+            adv[active] = torch.clamp(x0 + torch.clamp(step - x0, min=-self.eps, max=self.eps), min=0, max=1)
+        return adv.detach()
