@@ -67,7 +67,9 @@ def evaluate(ctx: RunContext, dcfg) -> tuple[pd.DataFrame, float]:  # noqa: ANN0
     loader = torch.utils.data.DataLoader(ctx.datamodule.eval_dataset(),
                                          batch_size=int(cfg.data.get("eval_batch_size") or 64))
     passes = [0]
-    hook = base.register_forward_pre_hook(lambda _m, args: passes.__setitem__(0, passes[0] + args[0].shape[0]))
+    # the inner network: the defended model reaches it through forward_with_features, not base.__call__
+    hook = getattr(base, "net", base).register_forward_pre_hook(
+        lambda _m, args: passes.__setitem__(0, passes[0] + args[0].shape[0]))
     try:
         rows = [defense.defense_batch(base, defended, x, y, idx, epsilons(cfg), dcfg,
                                       y if use_true_labels(cfg) else None, int(cfg.seed)) for x, y, idx in loader]

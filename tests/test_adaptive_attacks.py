@@ -249,6 +249,25 @@ def test_early_stop_keeps_the_first_successful_iterate(targeted):
     assert 0 < won[:S].any(0).sum() < 12  # some images stop early, some run to the end
 
 
+def test_cosine_schedule_moves_the_analytic_distance():
+    """Two-class linear scores: the margin gradient's sign is the constant d = sign(W[1-y] - W[y]), so PGD
+    from x moves along d by the sum of its steps, alpha * (steps + 1) / 2 for the cosine schedule
+    (sum_t (1 + cos(pi t / S)) / 2 = (S + 1) / 2), clipped to eps and [0,1]."""
+    model = Linear(6).double()
+    model.weight.data = model.weight.data[:2]
+    x = _images(4, seed=13).double()
+    y = torch.tensor([0, 1, 1, 0])
+    d = (model.weight[1 - y] - model.weight[y]).detach().sign().view_as(x)
+    eps, alpha, S = 0.1, 0.01, 9
+    pgd = PGD(model, eps, alpha, S, random_start=False, loss="margin", schedule="cosine")
+    assert [pgd.step_size(t) for t in (0, S)] == [alpha, 0.0]
+    torch.testing.assert_close(pgd(x, y), torch.clamp(x + alpha * (S + 1) / 2 * d, 0, 1))
+    far = PGD(model, eps, 0.05, S, random_start=False, loss="margin", schedule="cosine")  # sum > eps: projected
+    torch.testing.assert_close(far(x, y), torch.clamp(x + eps * d, 0, 1))
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        PGD(model, eps, alpha, S, schedule="linear")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The detector-aware attack
 # ---------------------------------------------------------------------------------------------------

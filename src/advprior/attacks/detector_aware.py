@@ -32,8 +32,9 @@ class DetectorAwarePGD(PGD):
         model: the defended classifier, anything with ``components(x) -> {"joint": (B, C), "log_prior":
             (B, C)}`` from one forward pass (a ``BayesianPriorClassifier``); its ``forward`` must have the
             joint's argmax (log posterior or joint scores).
-        eps, alpha, steps, random_start, targeted, generator, restarts: as ``PGD`` (restarts keep the first
-            one that fools the classifier, else the highest objective).
+        eps, alpha, steps, random_start, targeted, generator, restarts, schedule: as ``PGD`` (restarts keep
+            the first one that fools the classifier, else the highest objective; no early stop: every step
+            keeps raising the density).
         c: weight of the detector term, a finite number >= 0. Default 1.
 
     Call ``attack(images, labels=None, seeds=None)`` as ``PGD``.
@@ -50,11 +51,13 @@ class DetectorAwarePGD(PGD):
         targeted: bool = False,
         generator: torch.Generator | None = None,
         restarts: int = 1,
+        schedule: str = "constant",
     ) -> None:
         if not callable(getattr(model, "components", None)):
             raise ValueError(f"model must provide components(x) -> {{'joint', 'log_prior'}} (a "
                              f"BayesianPriorClassifier); got {type(model).__name__}")
-        super().__init__(model, eps, alpha, steps, random_start, targeted, generator, restarts, loss=margin)
+        super().__init__(model, eps, alpha, steps, random_start, targeted, generator, restarts, loss=margin,
+                         schedule=schedule)
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
             raise ValueError(f"c must be a finite number >= 0 (the weight of log p(r|t,x)); got {c!r}")
         self.c = float(c)

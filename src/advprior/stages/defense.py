@@ -23,6 +23,7 @@ from torchmetrics.functional.classification import binary_auroc
 from ..analysis.rates import bootstrap_ci, format_eps
 from ..attacks import FGSM, PGD, DetectorAwarePGD, FGSMSweep
 from ..attacks.losses import LOSSES
+from ..attacks.pgd import SCHEDULES
 from ..context import RunContext
 from ..prior import BayesianPriorClassifier
 from ..store import link_into
@@ -77,6 +78,8 @@ def check_adaptive_config(adaptive, eps_max: float) -> None:
     if pgd.restarts > 1 and not pgd.random_start:
         raise ConfigError("defense.adaptive.pgd.restarts > 1 needs defense.adaptive.pgd.random_start=true "
                           "(without a random start every restart is the same attack)")
+    if pgd.get("schedule") not in SCHEDULES:
+        raise ConfigError(f"defense.adaptive.pgd.schedule must be one of {SCHEDULES}, got {pgd.get('schedule')!r}")
     if pgd.get("loss") not in LOSSES:
         raise ConfigError(f"defense.adaptive.pgd.loss must be one of {sorted(LOSSES)}, got {pgd.get('loss')!r}")
     factor = number("pgd.alpha_factor", pgd.get("alpha_factor"), 0.0)
@@ -145,7 +148,7 @@ def defense_batch(
                     return x
                 return cls(model, eps, eps * float(pgd_cfg.alpha_factor), int(pgd_cfg.steps),
                            random_start=bool(pgd_cfg.random_start), restarts=int(pgd_cfg.restarts),
-                           **kw)(x, target, seeds=seeds)
+                           schedule=str(pgd_cfg.schedule), **kw)(x, target, seeds=seeds)
             with torch.no_grad():  # early_stop: an image fooled at any iterate counts (robust accuracy)
                 a_pred = joint(attack(PGD, joint, loss=pgd_cfg.loss, early_stop=True)).argmax(1)
                 b_pred = base(attack(PGD, base, loss=pgd_cfg.loss, early_stop=True)).argmax(1)
@@ -223,7 +226,20 @@ def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) 
             rec["detector_auc_adaptive"] = detector_auc(g["post_clean_score"].to_numpy(),
                                                         g["det_aware_score"].to_numpy(), fooled)
         out.append(rec)
-    return pd.DataFrame(out)
+    return _adaptive_beside_non_adaptive(pd.DataFrame(out))
+
+
+#: Summary column order: every adaptive number right after the non-adaptive one it is judged against.
+SUMMARY_ORDER = ("eps", "eps_255", "n", "base_clean_acc", "post_clean_acc", "base_adv_acc", "post_adv_acc",
+                 "adaptive_fgsm_post_acc", "adaptive_pgd_post_acc", "adaptive_pgd_only_post_acc",
+                 "adaptive_det_post_acc", "pgd_base_acc", "detector_auc", "detector_auc_adaptive",
+                 "n_detector_adv", "n_detector_adv_adaptive")
+
+
+def _adaptive_beside_non_adaptive(summary: pd.DataFrame) -> pd.DataFrame:
+    """Columns in ``SUMMARY_ORDER`` (each with its ``_low``/``_high``) first, the others after, in their order."""
+    first = [c for name in SUMMARY_ORDER for c in (name, f"{name}_low", f"{name}_high") if c in summary]
+    return summary[first + [c for c in summary.columns if c not in first]]
 
 
 def detector_auc(clean_score: np.ndarray, adv_score: np.ndarray, changed: np.ndarray) -> float:
