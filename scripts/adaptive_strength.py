@@ -85,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny smoke run: 1 training epoch, 32 eval images")
     ap.add_argument("--json", type=Path, help="write the rows with advprior.utils.bench.write_results")
+    ap.add_argument("--no-doubling", action="store_true", help="only the configured settings (a side-by-side run)")
     ap.add_argument("--previous", action="store_true",
                     help="also evaluate the adaptive settings before issue 10 (CE, PGD-10, one restart)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. prior.space=shared")
@@ -103,7 +104,7 @@ def main() -> None:
         doubled.adaptive.pgd.steps = 2 * int(dcfg.adaptive.pgd.steps)
         doubled.adaptive.pgd.restarts = 2 * int(dcfg.adaptive.pgd.restarts)
         doubled.adaptive.detector_aware.enabled = False
-    double_summary, double_cost = evaluate(ctx, doubled)
+    double_summary, double_cost = (None, float("nan")) if args.no_doubling else evaluate(ctx, doubled)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
     print(f"prior.space={ctx.cfg.prior.space}  pgd: steps={dcfg.adaptive.pgd.steps} "
@@ -112,14 +113,17 @@ def main() -> None:
     print(base_summary[[c for c in COLUMNS if c in base_summary]].round(4).to_string(index=False))
     if args.previous:
         prev = dcfg.copy()
-        with open_dict(prev):  # the settings before issue 10: CE on the posterior, PGD-10, one restart
+        with open_dict(prev):  # the settings before issue 10: CE on the posterior, PGD-10 at eps/4, one restart
             prev.adaptive.loss = "ce"
             prev.adaptive.pgd.steps, prev.adaptive.pgd.restarts, prev.adaptive.pgd.loss = 10, 1, "ce"
+            prev.adaptive.pgd.alpha_factor, prev.adaptive.pgd.schedule = 0.25, "constant"
             prev.adaptive.detector_aware.enabled = False
         prev_summary, prev_cost = evaluate(ctx, prev)
-        print(f"previous adaptive settings (CE, PGD-10, 1 restart; forwards per image {prev_cost:.0f}):")
+        print(f"previous adaptive settings (CE, PGD-10 at eps/4, 1 restart; forwards per image {prev_cost:.0f}):")
         print(prev_summary[["eps_255", "adaptive_fgsm_post_acc", "adaptive_pgd_only_post_acc",
                             "adaptive_pgd_post_acc", "pgd_base_acc"]].round(4).to_string(index=False))
+    if double_summary is None:
+        return
     rows = []
     for (_, a), (_, b) in zip(base_summary.iterrows(), double_summary.iterrows()):
         width = a["adaptive_pgd_post_acc_high"] - a["adaptive_pgd_post_acc_low"]
