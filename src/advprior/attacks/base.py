@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from advprior.attacks.losses import LossFn, loss_name, resolve_loss
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,10 @@ class Attack:
 
     Args:
         model: any ``nn.Module`` mapping images ``(B, C, H, W)`` in [0,1] to scores ``(B, num_classes)``
-            (logits, or log-posteriors: the loss is cross-entropy on them either way).
+            (logits, log-posteriors, or unnormalized joint scores).
+        loss: ``"ce"`` (cross-entropy, default, bit-identical to torchattacks), ``"margin"``
+            (``max_{j != y} s_j - s_y``, Carlini-Wagner) or a callable ``(scores, labels, reduction)``;
+            see ``advprior.attacks.losses``.
 
     ``__call__`` validates the inputs, runs ``forward`` with the model in eval mode and gradients
     enabled (also when called under ``torch.no_grad()`` / ``torch.inference_mode()``), restores every
@@ -81,10 +85,11 @@ class Attack:
     #: Subclasses that need labels in ``forward`` regardless of ``labels=None`` set this per instance.
     targeted: bool = False
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: str | LossFn = "ce") -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self.model = model
+        self.loss = resolve_loss(loss)
 
     # -- to override -------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -102,7 +107,7 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
     def _repr_args(self) -> dict[str, object]:
-        return {"targeted": self.targeted}
+        return {"targeted": self.targeted, "loss": loss_name(self.loss)}
 
     # -- helpers for subclasses --------------------------------------------------------------------
     @contextmanager
@@ -162,18 +167,44 @@ class Attack:
     def _input_gradient(
         self, x: torch.Tensor, labels: torch.Tensor | None, targeted: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward + backward: ``(logits (B, K) detached, labels used (B,), d loss / d x (B, C, H, W))``.
+        """One forward + backward: ``(scores (B, K) detached, labels used (B,), d loss / d x (B, C, H, W))``.
 
-        Loss is ``CrossEntropyLoss()`` (batch mean, as torchattacks) on the labels, negated when
-        ``targeted``; ``labels=None`` uses the argmax of these same logits (the clean predictions when
-        ``x`` is clean). Must run inside ``_attack_context``.
+        ``labels=None`` uses the argmax of these same scores (the clean predictions when ``x`` is clean).
+        The loss is ``_objective``'s. Must run inside ``_attack_context``.
         """
         x = x.detach().requires_grad_(True)
-        logits = self._forward(x)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        scores, labels, loss = self._objective(x, labels, targeted)
+        (grad,) = torch.autograd.grad(loss, x)
+        if bool(torch.isnan(grad).any()):
+            raise ValueError(
+                "the loss gradient with respect to the images holds NaN (the model's scores are finite); the "
+                "model has an operation without a gradient at these inputs (e.g. sqrt or log at 0)"
+            )
+        return scores.detach(), labels, grad
+
+    def _objective(
+        self, x: torch.Tensor, labels: torch.Tensor | None, targeted: bool, reduction: str = "mean"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(scores (B, K), labels used (B,), loss)``: ``self.loss`` of the model's scores on the labels
+        (batch mean as torchattacks, or per image with ``reduction="none"``), negated when ``targeted``.
+        Subclasses with another objective override this."""
+        scores = self._scores(x)
+        if labels is None:
+            labels = scores.detach().argmax(dim=1)
+        else:
+            self._check_label_range(labels, scores.shape[1])
+        loss = self.loss(scores, labels, reduction=reduction)
+        if targeted:
+            loss = -loss  # same expression as torchattacks, so the gradient bits match
+        return scores, labels, loss
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's scores for ``x``, checked to be ``(B, num_classes)`` and free of NaN and +inf."""
+        scores = self._forward(x)
+        if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or scores.shape[0] != x.shape[0]:
+            shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise ValueError(f"model must return scores of shape (B, num_classes) = ({x.shape[0]}, K); got {shape}")
-        bad = ~(logits.detach() < float("inf"))  # NaN or +inf; -inf is a valid score (an excluded class)
+        bad = ~(scores.detach() < float("inf"))  # NaN or +inf; -inf is a valid score (an excluded class)
         if bool(bad.any()):
             rows = torch.nonzero(bad.any(dim=1)).flatten().tolist()
             raise ValueError(
@@ -181,20 +212,7 @@ class Attack:
                 "the attack's gradient would be meaningless. Check the model's weights (diverged training?), "
                 "its precision (float16 overflow?) and its input"
             )
-        if labels is None:
-            labels = logits.detach().argmax(dim=1)
-        else:
-            self._check_label_range(labels, logits.shape[1])
-        loss = F.cross_entropy(logits, labels)
-        if targeted:
-            loss = -loss  # same expression as torchattacks, so the gradient bits match
-        (grad,) = torch.autograd.grad(loss, x)
-        if bool(torch.isnan(grad).any()):
-            raise ValueError(
-                "the loss gradient with respect to the images holds NaN (the model's scores are finite); the "
-                "model has an operation without a gradient at these inputs (e.g. sqrt or log at 0)"
-            )
-        return logits.detach(), labels, grad
+        return scores
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's scores for ``x``, cast to the model's floating dtype if it differs (autograd flows

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from advprior.attacks.base import Attack, check_eps, fgsm_step
+from advprior.attacks.losses import LossFn, loss_name
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +18,9 @@ class FGSM(Attack):
 
     Distance measure: L-inf.
 
-    One gradient step: ``adv = clamp(x + eps * sign(d loss / d x), 0, 1)`` with ``loss`` the batch-mean
-    cross-entropy of the model's scores (the mean only scales the gradient; the sign is per sample).
+    One gradient step: ``adv = clamp(x + eps * sign(d loss / d x), 0, 1)`` with ``loss`` the batch mean of
+    the cross-entropy (default) or the margin of the model's scores (the mean only scales the gradient;
+    the sign is per sample).
     Untargeted: increases the loss of ``labels``. Targeted: decreases the loss of ``labels`` (the
     targets), i.e. ``adv = clamp(x - eps * sign(d CE(target) / d x), 0, 1)``. Bit-identical to
     ``torchattacks.FGSM`` on the same model and inputs.
@@ -29,6 +31,8 @@ class FGSM(Attack):
         eps: L-inf budget in [0,1] pixel units (no default). The paper's eps = 0.85 on the 0-255
             scale is ``eps=0.85/255``. ``eps=0`` returns the images unchanged.
         targeted: if True, ``labels`` are target classes and are required. Default False.
+        loss: ``"ce"`` (default; bit-identical to torchattacks), ``"margin"`` (Carlini-Wagner, for scores
+            whose cross-entropy gradient underflows, e.g. a log posterior) or a callable, see ``losses``.
 
     Call ``attack(images, labels=None) -> adv_images``:
         - images: ``(B, C, H, W)`` floating point in [0,1] (un-normalized pixels).
@@ -48,13 +52,13 @@ class FGSM(Attack):
         >>> FGSM(model, eps=8 / 255, targeted=True)(images, target_labels)
     """
 
-    def __init__(self, model: nn.Module, eps: float, targeted: bool = False) -> None:
-        super().__init__(model)
+    def __init__(self, model: nn.Module, eps: float, targeted: bool = False, loss: str | LossFn = "ce") -> None:
+        super().__init__(model, loss)
         self.eps = check_eps(eps, "eps")
         self.targeted = bool(targeted)
 
     def _repr_args(self) -> dict[str, object]:
-        return {"eps": self.eps, "targeted": self.targeted}
+        return {"eps": self.eps, "targeted": self.targeted, "loss": loss_name(self.loss)}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if self.eps == 0.0:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from advprior.attacks.base import Attack, check_eps, fgsm_step
+from advprior.attacks.losses import LossFn, loss_name
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class FGSMSweep(Attack):
         epsilons: non-empty sequence (or 1-D tensor) of budgets in [0,1] pixel units (no default); the
             paper's 0-255 scale values divided by 255. Kept in the given order; 0 gives the clean images.
         targeted: if True, ``labels`` are target classes and are required. Default False.
+        loss: ``"ce"`` (default), ``"margin"`` or a callable, as in ``FGSM``.
 
     Call ``sweep.sweep(images, labels=None) -> SweepResult`` or ``sweep(images, labels=None) -> adv``:
         - images: ``(B, C, H, W)`` floating point in [0,1].
@@ -77,8 +79,11 @@ class FGSMSweep(Attack):
         >>> adv_k = res.adv_images(3)                                          # (B, C, H, W)
     """
 
-    def __init__(self, model: nn.Module, epsilons: Sequence[float] | torch.Tensor, targeted: bool = False) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: nn.Module, epsilons: Sequence[float] | torch.Tensor, targeted: bool = False,
+        loss: str | LossFn = "ce",
+    ) -> None:
+        super().__init__(model, loss)
         if isinstance(epsilons, torch.Tensor):
             if epsilons.ndim != 1:
                 raise ValueError(f"epsilons must be a 1-D sequence of floats in [0,1]; got shape {tuple(epsilons.shape)}")
@@ -89,7 +94,7 @@ class FGSMSweep(Attack):
         self.targeted = bool(targeted)
 
     def _repr_args(self) -> dict[str, object]:
-        return {"epsilons": self.epsilons, "targeted": self.targeted}
+        return {"epsilons": self.epsilons, "targeted": self.targeted, "loss": loss_name(self.loss)}
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         _, _, grad = self._input_gradient(images, labels, self.targeted)

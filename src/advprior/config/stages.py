@@ -5,8 +5,11 @@ from typing import Any, List, Optional
 from . import rules
 from .errors import fmt
 
-BANDWIDTH_RULES = ("scott", "silverman", "cv")
+BANDWIDTH_RULES = ("scott", "silverman", "cv", "loo", "heldout")
 KERNEL_COVS = ("isotropic", "full")
+SPACES = ("per_class", "shared")  # advprior.prior.class_prior.SPACES (tested equal)
+LOSSES = ("ce", "margin")  # advprior.attacks.losses.LOSSES
+SCHEDULES = ("constant", "cosine")  # advprior.attacks.pgd.SCHEDULES
 
 
 @dataclass
@@ -56,21 +59,28 @@ class AutoencoderTrainConfig:
     epochs: int = 60
     batch_size: int = 32
     lr: float = 0.001
+    patience: Optional[int] = None
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         rules.positive_int(self, "epochs")
         rules.positive_int(self, "batch_size")
         rules.number_in(self, "lr", 0, low_open=True)
+        rules.positive_int(self, "patience", null="no early stopping: every epoch runs")
+        rules.number_in(self, "min_delta", 0)
 
 
 @dataclass
 class PriorConfig:
     feature_layer: str = "fc6"
     support_per_class: Optional[int] = None
+    space: str = "per_class"
     n_components: int = 32
     bottleneck: int = 4
     depth: Optional[int] = None
     negative_slope: float = 0.33
+    standardize: bool = False
+    val_fraction: float = 0.0
     bandwidth: Any = "scott"  # a number > 0 or a rule; OmegaConf's Union[float, str] would refuse an int
     kernel_cov: str = "isotropic"
     cv_folds: int = 5
@@ -93,6 +103,13 @@ class PriorConfig:
         if not (bw in BANDWIDTH_RULES if isinstance(bw, str) else rules.is_number(bw) and bw > 0):
             rules.fail(self, "bandwidth", f"must be a positive number or one of {', '.join(BANDWIDTH_RULES)}")
         rules.one_of(self, "kernel_cov", KERNEL_COVS)
+        rules.one_of(self, "space", SPACES)
+        rules.number_in(self, "val_fraction", 0, 1, high_open=True)
+        needs = (["bandwidth=heldout"] if self.bandwidth == "heldout" else []) + (
+            [f"ae.patience={self.ae.patience}"] if self.ae.patience is not None else [])
+        if needs and not self.val_fraction:
+            rules.fail(self, "val_fraction", f"must be > 0 for {' and '.join(needs)}: held-out support points",
+                       example=0.2)
         rules.int_at_least(self, "cv_folds", 2)
         rules.number_in(self, "weight", 0)
         rules.positive_int(self, "top_k", null="the exact posterior over all classes")
@@ -101,19 +118,42 @@ class PriorConfig:
 
 @dataclass
 class PGDConfig:
-    steps: int = 10
-    alpha_factor: float = 0.25
+    steps: int = 20
+    restarts: int = 1
+    alpha_factor: float = 1.0
+    schedule: str = "cosine"
     random_start: bool = True
+    loss: str = "margin"
 
     def __post_init__(self) -> None:
         rules.int_at_least(self, "steps", 0)
+        rules.positive_int(self, "restarts")
+        if self.restarts > 1 and not self.random_start:
+            rules.fail(self, "restarts", "must be 1 without random_start (every restart would be the same "
+                       "attack)", example=1, fix="or set defense.adaptive.pgd.random_start=true")
         rules.number_in(self, "alpha_factor", 0, low_open=True)
+        rules.one_of(self, "schedule", SCHEDULES)
+        rules.one_of(self, "loss", LOSSES)
+
+
+@dataclass
+class DetectorAwareConfig:
+    enabled: bool = True
+    c: float = 10.0
+
+    def __post_init__(self) -> None:
+        rules.number_in(self, "c", 0)
 
 
 @dataclass
 class AdaptiveConfig:
+    loss: str = "margin"
     fgsm: bool = True
     pgd: PGDConfig = field(default_factory=PGDConfig)
+    detector_aware: DetectorAwareConfig = field(default_factory=DetectorAwareConfig)
+
+    def __post_init__(self) -> None:
+        rules.one_of(self, "loss", LOSSES)
 
 
 @dataclass

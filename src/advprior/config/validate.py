@@ -295,9 +295,21 @@ def check_activations_eps(cfg: DictConfig, checked: dict) -> None:
                                   "of attack.epsilons)", fix="or set activations.figure_eps=null (attack.figure_eps)")
 
 
+def check_pgd_step(cfg: DictConfig, checked: dict) -> None:
+    """The adaptive PGD's first step ``alpha_factor * eps`` stays within one pixel unit at the largest eps."""
+    defense, attack = checked.get("defense"), checked.get("attack")
+    if defense is None or attack is None or not _will_run(cfg, "defense") or not defense.adaptive.pgd.steps:
+        return
+    factor, eps_max = defense.adaptive.pgd.alpha_factor, max(attack.epsilons) / attack.scale
+    if factor * eps_max > 1:
+        raise ConfigError.invalid("defense.adaptive.pgd.alpha_factor", factor, f"makes the PGD step alpha_factor * "
+                                  f"eps = {factor * eps_max:.4g} > 1 pixel unit at eps={fmt(max(attack.epsilons))}",
+                                  round(0.5 / eps_max, 3))
+
+
 CROSS_CHECKS: list[Callable[[DictConfig, dict], None]] = [
     check_models, check_image_size, check_stages, check_prior_support, check_fooling_models,
-    check_activations_eps,
+    check_activations_eps, check_pgd_step,
 ]
 
 

@@ -252,12 +252,50 @@ class ClassBalancedBatches(torch.utils.data.IterableDataset):
             yield torch.gather(self.codes, 1, idx[..., None].expand(-1, -1, self.codes.shape[2]))
 
 
+class Plateau:
+    """Lightning's ``EarlyStopping`` rule (mode "min"): a value improves on the best iff
+    ``value + |min_delta| < best`` (float32, as the logged metric); ``wait`` counts checks since the last
+    improvement. ``best_epoch`` is the index of the last improving check."""
+
+    def __init__(self, min_delta: float = 0.0) -> None:
+        self.min_delta = abs(float(min_delta))
+        self.best = torch.tensor(math.inf)
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.checks = 0
+
+    def update(self, value: torch.Tensor) -> bool:
+        """Record one check; True if it improved on the best."""
+        value = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
+        improved = bool(value + self.min_delta < self.best)
+        if improved:
+            self.best, self.best_epoch, self.wait = value, self.checks, 0
+        else:
+            self.wait += 1
+        self.checks += 1
+        return improved
+
+
+class TrainingHistory(list):
+    """Per-epoch mean training losses (a list of floats) with the held-out side of the fit: ``val`` (per-epoch
+    held-out losses; empty without held-out data) and ``best_epoch`` (the epoch whose weights were kept:
+    the last improvement of the held-out loss; None without held-out data)."""
+
+    def __init__(self, train: Sequence[float] = (), val: Sequence[float] = (), best_epoch: int | None = None):
+        super().__init__(train)
+        self.val = list(val)
+        self.best_epoch = best_epoch
+
+
 class AutoencoderModule(pl.LightningModule):
     """Trains a ``BatchedAutoencoder`` on ``(C, B, d)`` batches (all classes per step).
 
     Loss: ``sum_c MSE_c`` is optimized (exact per-class gradients, see module docstring); the per-epoch mean of
     ``mean_c MSE_c`` is logged as ``prior/ae_recon_loss`` and appended to ``self.loss_history``.
     A batch may also be ``(x, mask)`` with ``mask`` (C, B) marking real rows.
+    Validation (held-out support points, one ``(x, mask)`` batch): ``mean_c MSE_c`` is logged as
+    ``prior/ae_val_loss`` (what early stopping monitors) and appended to ``self.val_loss_history``; the
+    weights of the best epoch (``Plateau`` rule with ``min_delta``) are kept in ``self.best_state``.
     """
 
     def __init__(
@@ -267,6 +305,7 @@ class AutoencoderModule(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        min_delta: float = 0.0,
     ) -> None:
         super().__init__()
         if not lr > 0:
@@ -274,6 +313,9 @@ class AutoencoderModule(pl.LightningModule):
         self.autoencoder = autoencoder
         self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), float(weight_decay)
         self.loss_history: list[float] = []
+        self.val_loss_history: list[float] = []
+        self.plateau = Plateau(min_delta)
+        self.best_state: dict[str, torch.Tensor] | None = None
         self._epoch_sum = 0.0
         self._epoch_steps = 0
 
@@ -298,6 +340,17 @@ class AutoencoderModule(pl.LightningModule):
         if self._epoch_steps:
             self.loss_history.append(self._epoch_sum / self._epoch_steps)
         self._epoch_sum, self._epoch_steps = 0.0, 0
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Held-out loss of one (the only) validation batch; records it and keeps the best weights."""
+        with torch.no_grad():
+            loss = self.step_loss(batch)[1].detach()
+        if self._trainer is not None:
+            self.log("prior/ae_val_loss", loss, on_step=False, on_epoch=True, prog_bar=False)
+        self.val_loss_history.append(float(loss))
+        if self.plateau.update(loss):
+            self.best_state = {k: v.detach().clone() for k, v in self.autoencoder.state_dict().items()}
+        return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.make_optimizer()
@@ -342,47 +395,87 @@ def fit_autoencoder(
     negative_slope: float = 0.33,
     engine: str = "lightning",
     trainer_kwargs: dict[str, Any] | None = None,
-) -> tuple[BatchedAutoencoder, list[float]]:
+    val_codes: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    val_counts: torch.Tensor | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+) -> tuple[BatchedAutoencoder, TrainingHistory]:
     """Train one autoencoder per class on its PCA codes, all classes at once.
 
     ``codes``: (C, n_max, d) padded with ``counts`` (C,) real rows per class (None: all rows real), or a list
     of (n_c, d) tensors. ``engine="lightning"`` (default) runs ``AutoencoderModule`` under a
     ``pl.Trainer`` (CPU, no logger, no checkpoints, no progress bar unless ``trainer_kwargs`` says otherwise);
     ``engine="torch"`` runs the same steps (same batches, same optimizer) in a plain loop with less overhead.
-    Returns ``(autoencoder, loss_history)`` with one mean-over-classes MSE per epoch.
+
+    Held-out data (``val_codes`` (C, m_max, d) + ``val_counts``, same layout; every class needs >= 1 row):
+    the held-out loss is computed after every epoch; the returned weights are those of the best epoch, and
+    with ``patience`` training stops once the held-out loss has not improved by more than ``min_delta`` for
+    ``patience`` epochs (Lightning's ``EarlyStopping`` on ``prior/ae_val_loss``; ``epochs`` is then the
+    maximum). Returns ``(autoencoder, history)``: one mean-over-classes training MSE per epoch, with
+    ``history.val`` and ``history.best_epoch``.
     """
     if engine not in ("lightning", "torch"):
         raise ValueError(f"engine must be 'lightning' or 'torch', got {engine!r}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be None or an int >= 1, got {patience!r}")
+    if patience is not None and val_codes is None:
+        raise ValueError("patience (early stopping) needs held-out data: pass val_codes (prior.val_fraction > 0)")
+    if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+        raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
     codes, counts = _as_padded(codes, counts)
     codes = codes.detach().to(torch.float32)
     C, _, d = codes.shape
+    val_batch = None
+    if val_codes is not None:
+        val_codes, val_counts = _as_padded(val_codes, val_counts)
+        if val_codes.shape[0] != C or val_codes.shape[2] != d:
+            raise ValueError(f"val_codes must be ({C}, m, {d}) like codes, got {tuple(val_codes.shape)}")
+        val_codes = val_codes.detach().to(device=codes.device, dtype=torch.float32)
+        mask = torch.arange(val_codes.shape[1], device=codes.device)[None, :] < val_counts.to(codes.device)[:, None]
+        val_batch = (val_codes, mask)
     ae = BatchedAutoencoder(C, d, bottleneck, depth, negative_slope, seed=seed)
-    module = AutoencoderModule(ae, lr=lr)
+    module = AutoencoderModule(ae, lr=lr, min_delta=min_delta)
     data = ClassBalancedBatches(codes, counts, batch_size, seed=seed)
     if engine == "torch":
         module.to(codes.device)
         opt = module.make_optimizer()
-        module.train()
         for _ in range(epochs):
+            module.train()
             for batch in data:
                 opt.zero_grad(set_to_none=True)
                 loss = module.training_step(batch, 0)
                 loss.backward()
                 opt.step()
+            if val_batch is not None:
+                module.eval()
+                module.validation_step(val_batch, 0)
             module.on_train_epoch_end()
-        return ae.eval(), module.loss_history
-    kwargs: dict[str, Any] = dict(
-        accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    kwargs.update(trainer_kwargs or {})
-    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=0)
-    with warnings.catch_warnings():
-        # Our IterableDataset's __len__ is exact (single process); Lightning's pytree notice is its own.
-        warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
-        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-        trainer = pl.Trainer(**kwargs)
-        trainer.fit(module, train_dataloaders=loader)
-    return ae.eval(), module.loss_history
+            if patience is not None and module.plateau.wait >= patience:
+                break
+    else:
+        kwargs: dict[str, Any] = dict(
+            accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )
+        kwargs.update(trainer_kwargs or {})
+        if patience is not None:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), pl.callbacks.EarlyStopping(
+                "prior/ae_val_loss", min_delta=min_delta, patience=patience, mode="min")]
+        loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=0)
+        val_loader = (torch.utils.data.DataLoader([val_batch], batch_size=None, num_workers=0)
+                      if val_batch is not None else None)
+        with warnings.catch_warnings():
+            # Our IterableDataset's __len__ is exact (single process); Lightning's pytree notice is its own.
+            warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+            warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
+            trainer = pl.Trainer(**kwargs)
+            trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader)
+    if module.best_state is not None:
+        ae.load_state_dict(module.best_state)
+    history = TrainingHistory(module.loss_history, module.val_loss_history, module.plateau.best_epoch
+                              if val_batch is not None else None)
+    return ae.eval(), history

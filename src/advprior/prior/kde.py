@@ -12,6 +12,10 @@ Kernel: ``K(u) = N(u; 0, Sigma)``; ``log f(x) = logsumexp_i(-(x - x_i)^T Sigma^-
   or ``cv_grid`` absolute values, ``h`` or factor as above) maximizing the K-fold held-out log-likelihood over
   the points (folds from a seeded random permutation). For ``"full"`` the kernel shape is the covariance of
   all points; only the factor is cross-validated.
+* ``bandwidth="loo"``: the same with leave-one-out (every point scored under the KDE of all the others).
+* ``bandwidth="heldout"``: the grid value maximizing the log-likelihood of separate held-out points (e.g. the
+  codes of support images the encoder never trained on) under the KDE of the fitted points, so the
+  bandwidth is judged on points distributed like the queries, not on the in-sample ones.
 
 Squared distances are computed in whitened, centered coordinates as ``|q|^2 + |p|^2 - 2 q.p`` (one batched
 matrix product); centering keeps the cancellation error at the level of the data spread, so densities far
@@ -31,6 +35,7 @@ from advprior.prior.pca import ResizableBuffersMixin, check_finite
 log = logging.getLogger(__name__)
 
 _RULES = ("scott", "silverman")
+_SELECTORS = ("cv", "loo", "heldout")  # grid searches of the held-out log-likelihood
 _KERNEL_COVS = ("isotropic", "full")
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -60,11 +65,11 @@ def kfold_assignment(counts: torch.Tensor, n_max: int, folds: int, seed: int) ->
 
 def _check_bandwidth(bandwidth: object) -> None:
     if isinstance(bandwidth, str):
-        if bandwidth not in (*_RULES, "cv"):
-            raise ValueError(f"bandwidth must be 'scott', 'silverman', 'cv' or a number > 0, got {bandwidth!r}")
+        if bandwidth not in (*_RULES, *_SELECTORS):
+            raise ValueError(f"bandwidth must be one of {(*_RULES, *_SELECTORS)} or a number > 0, got {bandwidth!r}")
         return
     if isinstance(bandwidth, bool):
-        raise ValueError(f"bandwidth must be 'scott', 'silverman', 'cv' or a number > 0, got {bandwidth!r}")
+        raise ValueError(f"bandwidth must be one of {(*_RULES, *_SELECTORS)} or a number > 0, got {bandwidth!r}")
     t = torch.as_tensor(bandwidth, dtype=torch.float64)
     if t.ndim > 1 or not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
         raise ValueError(f"bandwidth must be > 0 (a number, or a (C,) tensor of them), got {bandwidth!r}")
@@ -88,26 +93,37 @@ def _pairwise_sq(q: torch.Tensor, p: torch.Tensor, p_sq: torch.Tensor | None = N
     return d2.clamp_min(0)
 
 
-def _cv_select(z, counts, valid, grid, folds, seed, log_jac):  # noqa: ANN001, ANN202
-    """Per class, the grid value g maximizing the K-fold held-out log-likelihood of an isotropic KDE with
-    bandwidth g on ``z`` (C, n, k) (coordinates where the kernel is g^2 I; ``log_jac`` (C,) is the log Jacobian
-    of the map to them). Returns (best (C,), scores (C, G)): scores are summed held-out log densities."""
-    C, n, k = z.shape
-    fold = kfold_assignment(counts.cpu(), n, folds, seed).to(z.device)
-    d2 = _pairwise_sq(z, z)
-    # Point j may explain point i only if j is real and in another fold.
-    usable = valid[:, None, :] & (fold[:, :, None] != fold[:, None, :])
-    fold_sizes = torch.stack([(fold == f).sum(1) for f in range(folds)], 1)  # (C, folds)
-    n_train = (counts[:, None] - torch.gather(fold_sizes, 1, fold.clamp_min(0))).to(z.dtype)  # (C, n)
+def _grid_scores(d2, usable, query_valid, grid, k, log_jac):  # noqa: ANN001, ANN202
+    """Summed log-likelihood (C, G) of query points under isotropic KDEs of bandwidth g on reference points.
+
+    ``d2`` (C, m, n) squared distances query-reference in coordinates where the kernel is g^2 I, ``usable``
+    (C, m, n) which references may explain each query, ``query_valid`` (C, m) real queries, ``grid`` (C, G),
+    ``log_jac`` (C,) the log Jacobian of the map to those coordinates. Returns (best (C,), scores (C, G))."""
+    n_ref = usable.sum(-1).to(d2.dtype)  # (C, m)
     scores = []
     for g in grid.unbind(1):  # loop over grid values, batched over classes
         lk = (-d2 / (2 * g[:, None, None] ** 2)).masked_fill(~usable, -math.inf)
-        ll = torch.logsumexp(lk, -1) - n_train.clamp_min(1).log() - k * g[:, None].log()
+        ll = torch.logsumexp(lk, -1) - n_ref.clamp_min(1).log() - k * g[:, None].log()
         ll = ll - 0.5 * k * _LOG_2PI + log_jac[:, None]
-        scores.append(ll.masked_fill(~valid, 0).sum(1))
+        scores.append(ll.masked_fill(~query_valid, 0).sum(1))
     scores = torch.stack(scores, 1)  # (C, G)
     best = torch.gather(grid, 1, scores.argmax(1, keepdim=True)).squeeze(1)
     return best, scores
+
+
+def _cv_select(z, counts, valid, grid, folds, seed, log_jac):  # noqa: ANN001, ANN202
+    """Per class, the grid value g maximizing the K-fold held-out log-likelihood of an isotropic KDE with
+    bandwidth g on ``z`` (C, n, k) (coordinates where the kernel is g^2 I; ``log_jac`` (C,) is the log Jacobian
+    of the map to them). ``folds=None``: leave-one-out. Returns (best (C,), scores (C, G)): scores are summed
+    held-out log densities."""
+    C, n, k = z.shape
+    if folds is None:
+        fold = torch.arange(n, device=z.device).expand(C, n)
+    else:
+        fold = kfold_assignment(counts.cpu(), n, folds, seed).to(z.device)
+    # Point j may explain point i only if j is real and in another fold.
+    usable = valid[:, None, :] & (fold[:, :, None] != fold[:, None, :])
+    return _grid_scores(_pairwise_sq(z, z), usable, valid, grid, k, log_jac)
 
 
 def fit_kde_params(
@@ -118,13 +134,15 @@ def fit_kde_params(
     cv_grid: torch.Tensor | Sequence[float] | None = None,
     cv_folds: int = 5,
     seed: int = 0,
+    heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Batched KDE fit over classes. ``points`` (C, n_max, k) padded, ``counts`` (C,).
+    """Batched KDE fit over classes. ``points`` (C, n_max, k) padded, ``counts`` (C,); ``heldout`` (points
+    (C, m_max, k), counts (C,), every class >= 1) for ``bandwidth="heldout"``.
 
     Returns buffers: ``center`` (C, k), ``whiten`` (C, k, k) (= chol(Sigma)^-1), ``points_w`` (C, n_max, k)
     whitened centered points (padding 0), ``log_norm`` (C,) = -log n - k/2 log 2pi - log sqrt det Sigma,
     ``bandwidth`` (C,) (h or factor), ``covariance`` (C, k, k) = Sigma, and ``cv_grid``/``cv_scores`` (C, G)
-    when cross-validating.
+    (the grid and the summed held-out log-likelihoods) when selecting on a grid.
     """
     _check_bandwidth(bandwidth)
     if kernel_cov not in _KERNEL_COVS:
@@ -170,10 +188,12 @@ def fit_kde_params(
     cv_grid_t = cv_scores = None
     if isinstance(bandwidth, str) and bandwidth in _RULES:
         g = rule_factor(bandwidth, counts.cpu(), k).to(device=points.device, dtype=dt) * base
-    elif isinstance(bandwidth, str):  # "cv"
-        if cv_folds < 2 or bool((counts < cv_folds).any()):
+    elif isinstance(bandwidth, str):  # cv | loo | heldout
+        if bandwidth == "cv" and (cv_folds < 2 or bool((counts < cv_folds).any())):
             raise ValueError(f"cv_folds must be >= 2 and <= every class's count (min {int(counts.min())}), "
                              f"got {cv_folds!r}")
+        if bandwidth == "heldout":
+            held, held_valid = _heldout_coordinates(heldout, C, k, mean, shape_chol, points)
         if cv_grid is None:
             scott = rule_factor("scott", counts.cpu(), k).to(device=points.device, dtype=dt) * base
             mult = torch.logspace(-1, 1, 21, dtype=dt, device=points.device)
@@ -184,7 +204,12 @@ def fit_kde_params(
                 raise ValueError(f"cv_grid must be a non-empty 1-d sequence of values > 0, got {cv_grid!r}")
             cv_grid_t = gt[None, :].expand(C, -1)
         log_jac = -torch.diagonal(shape_chol, dim1=1, dim2=2).log().sum(-1)
-        g, cv_scores = _cv_select(z, counts, valid, cv_grid_t, cv_folds, seed, log_jac)
+        if bandwidth == "heldout":
+            usable = held_valid[:, :, None] & valid[:, None, :]
+            g, cv_scores = _grid_scores(_pairwise_sq(held, z), usable, held_valid, cv_grid_t, k, log_jac)
+        else:
+            g, cv_scores = _cv_select(z, counts, valid, cv_grid_t, cv_folds if bandwidth == "cv" else None,
+                                      seed, log_jac)
     else:
         g = torch.as_tensor(bandwidth, dtype=dt, device=points.device)
         if g.ndim == 1 and g.shape[0] != C:
@@ -205,6 +230,25 @@ def fit_kde_params(
     if cv_grid_t is not None:
         out.update(cv_grid=cv_grid_t.contiguous(), cv_scores=cv_scores)
     return out
+
+
+def _heldout_coordinates(heldout, C, k, mean, shape_chol, points):  # noqa: ANN001, ANN202
+    """Held-out points centered by the fitted points' mean and mapped by the same kernel shape as them:
+    ``(z (C, m_max, k), valid (C, m_max))``."""
+    if heldout is None:
+        raise ValueError("bandwidth='heldout' needs held-out points: fit(points, counts, heldout=(points, counts))"
+                         " (in the prior: prior.val_fraction > 0)")
+    hp, hc = heldout
+    hp = torch.as_tensor(hp).to(device=points.device, dtype=points.dtype)
+    hc = torch.as_tensor(hc, dtype=torch.long, device=points.device)
+    if hp.ndim != 3 or hp.shape[0] != C or hp.shape[2] != k:
+        raise ValueError(f"held-out points must be ({C}, m_max, {k}), got shape {tuple(hp.shape)}")
+    if hc.shape != (C,) or bool((hc < 1).any()) or bool((hc > hp.shape[1]).any()):
+        raise ValueError(f"held-out counts must be ({C},) with values in [1, {hp.shape[1]}] (every class needs a "
+                         f"held-out point), got {hc.tolist()[:20]}")
+    valid = torch.arange(hp.shape[1], device=points.device)[None, :] < hc[:, None]
+    z = torch.linalg.solve_triangular(shape_chol, (hp - mean[:, None]).transpose(1, 2), upper=False)
+    return z.transpose(1, 2) * valid[..., None].to(points.dtype), valid
 
 
 def kde_log_density(
@@ -240,7 +284,8 @@ class ClassConditionalKDE(ResizableBuffersMixin, nn.Module):
     density of query ``queries[c, b]`` (class c's code of query b) under class c's KDE. Queries (B, k) are
     scored under every class. ``classes`` (C',) picks the KDEs for the leading dim of the queries.
     Fitted buffers (state dict): ``center_``, ``whiten_``, ``points_w_``, ``log_norm_``, ``bandwidth_`` (C,),
-    ``covariance_`` (C, k, k) kernel covariance, ``counts_``, ``cv_grid_``/``cv_scores_`` (C, G) with "cv".
+    ``covariance_`` (C, k, k) kernel covariance, ``counts_``, ``cv_grid_``/``cv_scores_`` (C, G) with "cv", "loo",
+    "heldout".
     """
 
     _resizable_buffers = tuple(f"{b}_" for b in _BUFFERS)
@@ -273,9 +318,10 @@ class ClassConditionalKDE(ResizableBuffersMixin, nn.Module):
     def num_classes(self) -> int:
         return int(self.points_w_.shape[0]) if self.is_fitted else 0
 
-    def fit(self, points: torch.Tensor | Sequence[torch.Tensor], counts: torch.Tensor | None = None
-            ) -> "ClassConditionalKDE":
-        """Fit every class's KDE on its real rows ``points[c, :counts[c]]``; returns self."""
+    def fit(self, points: torch.Tensor | Sequence[torch.Tensor], counts: torch.Tensor | None = None,
+            heldout: tuple[torch.Tensor, torch.Tensor] | None = None) -> "ClassConditionalKDE":
+        """Fit every class's KDE on its real rows ``points[c, :counts[c]]``; returns self. ``heldout``:
+        ``(points (C, m_max, k), counts (C,))`` scored to choose the bandwidth with ``bandwidth="heldout"``."""
         if not isinstance(points, torch.Tensor):
             items = list(points)
             if not items:
@@ -290,7 +336,7 @@ class ClassConditionalKDE(ResizableBuffersMixin, nn.Module):
                 raise ValueError(f"points must be (C, n_max, k), got shape {tuple(points.shape)}")
             counts = torch.full((points.shape[0],), points.shape[1], dtype=torch.long)
         params = fit_kde_params(points.detach(), counts, self.bandwidth, self.kernel_cov, self.cv_grid,
-                                self.cv_folds, self.seed)
+                                self.cv_folds, self.seed, heldout)
         for b in _BUFFERS:
             setattr(self, f"{b}_", params.get(b, torch.empty(0, dtype=points.dtype, device=points.device)))
         return self
@@ -330,11 +376,16 @@ class GaussianKDE(ClassConditionalKDE):
     ``kernel_covariance`` the (k, k) kernel covariance Sigma.
     """
 
-    def fit(self, points: torch.Tensor, counts: None = None) -> "GaussianKDE":  # type: ignore[override]
-        """Fit on ``points`` (n, k); returns self."""
+    def fit(self, points: torch.Tensor, counts: None = None,  # type: ignore[override]
+            heldout: torch.Tensor | None = None) -> "GaussianKDE":
+        """Fit on ``points`` (n, k); ``heldout`` (m, k) points choose the bandwidth with "heldout"; returns self."""
         if not isinstance(points, torch.Tensor) or points.ndim != 2:
             raise ValueError(f"points must be an (n, k) tensor, got {getattr(points, 'shape', type(points))}")
-        return super().fit(points.unsqueeze(0))  # type: ignore[return-value]
+        if heldout is not None:
+            if not isinstance(heldout, torch.Tensor) or heldout.ndim != 2:
+                raise ValueError(f"heldout must be an (m, k) tensor, got {getattr(heldout, 'shape', type(heldout))}")
+            heldout = (heldout.unsqueeze(0), torch.tensor([heldout.shape[0]]))
+        return super().fit(points.unsqueeze(0), heldout=heldout)  # type: ignore[return-value]
 
     def log_density(self, queries: torch.Tensor, classes: None = None) -> torch.Tensor:  # type: ignore[override]
         """(B, k) -> (B,) log densities."""

@@ -1,10 +1,14 @@
 """Stage ``defense``: judge the Bayesian prior (paper section 6-7) honestly.
 
 On the eval images, for every eps: the base model and the posterior on clean images, on FGSM examples
-crafted against the base model (non-adaptive, the paper's setting), and on FGSM and PGD crafted through the
-posterior itself (white-box adaptive). Rates get Wilson 95% intervals (good coverage on the small
-high-confidence subsets); the prior's log density is also scored as a detector of adversarial inputs (ROC-AUC).
-The per-image work (``defense_batch``) runs as a Lightning loop (``advprior.loops``) in resumable shards of
+crafted against the base model (non-adaptive, the paper's setting), and on attacks crafted through the
+posterior itself (white-box adaptive: FGSM and PGD with restarts on the joint scores, margin loss by
+default; a detector-aware PGD that also raises log p(r|y_adv,x)). Adaptive accuracies sit next to the
+non-adaptive ones; the adaptive PGD columns are per-image worst cases over {non-adaptive, adaptive}
+example, so they can never exceed the non-adaptive accuracy. Rates get Wilson 95% intervals (good coverage
+on the small high-confidence subsets); the prior's log density is also scored as a detector of adversarial
+inputs (ROC-AUC), under plain FGSM and under the detector-aware attack. The per-image work
+(``defense_batch``) runs as a Lightning loop (``advprior.loops``) in resumable shards of
 ``defense.shard_size`` images split over the ranks; rank 0 alone summarizes.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torchmetrics.functional.classification import binary_auroc
 from .. import distributed
 from ..analysis.intervals import rate_interval
 from ..analysis.rates import format_eps
-from ..attacks import FGSM, PGD, FGSMSweep
+from ..attacks import FGSM, PGD, DetectorAwarePGD, FGSMSweep
 from ..context import RunContext
 from ..keys import AFFECTS, COMMON, IGNORED, KeySpec, data_rules, not_read, register, stage_key
 from ..loops import Table, bad_file_metrics, stage_loop, stage_models
@@ -47,6 +51,18 @@ def _pred_prob(log_probs: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     return log_probs.gather(1, cls[:, None]).squeeze(1).exp()
 
 
+def _at(values: torch.Tensor, cls: torch.Tensor) -> np.ndarray:
+    """``values[b, cls[b]]`` as a numpy array."""
+    return values.gather(1, cls[:, None]).squeeze(1).cpu().numpy()
+
+
+def pgd_seeds(seed: int, idx: torch.Tensor) -> torch.Tensor:
+    """(B, 2) per-image seeds ``[seed, dataset index]`` of the PGD random starts: an image's start depends on
+    the run seed, its index and the restart only, not on the eval batch size, its batch or the process."""
+    idx = torch.as_tensor(idx, dtype=torch.long).cpu()
+    return torch.stack([torch.full_like(idx, int(seed)), idx], 1)
+
+
 def defense_batch(
     base: torch.nn.Module,
     defended: BayesianPriorClassifier,
@@ -59,13 +75,23 @@ def defense_batch(
     seed: int,
 ) -> pd.DataFrame:
     """One row per (eps, image) of one batch: base and posterior predictions clean, under FGSM crafted on
-    the base model, and under the adaptive attacks crafted through the posterior (``target``: the labels
-    attacked, None for the model's own predictions)."""
+    the base model (non-adaptive), and under the adaptive attacks crafted through the posterior's joint
+    scores (``target``: the labels attacked, None for the model's own predictions).
+
+    Adaptive PGD columns are worst cases per image over {the non-adaptive FGSM example, the PGD example}
+    (the PGD example where it is misclassified, else the FGSM one), so ``adaptive_pgd_post_pred`` is wrong
+    whenever ``post_adv_pred`` is: adaptive accuracy <= non-adaptive accuracy for any weights;
+    ``adaptive_pgd_only_post_pred`` is PGD alone. ``pgd_base_pred`` likewise for the base model. PGD random
+    starts are seeded per image by ``pgd_seeds(seed, idx)``.
+    """
+    acfg = dcfg.adaptive
+    pgd_cfg, det_cfg = acfg.pgd, acfg.detector_aware
+    joint = defended.with_output("joint")  # attacks see unnormalized scores (no saturated log_softmax)
+    seeds = pgd_seeds(seed, idx) if pgd_cfg.random_start else None
     with torch.no_grad():
         comp = defended.components(x)
     clean_pred = comp["log_likelihood"].argmax(1)
     post_clean = comp["log_posterior"].argmax(1)
-    clean_score = comp["log_prior"].gather(1, clean_pred[:, None]).squeeze(1)
     sweep = FGSMSweep(base, eps_list).sweep(x, target)
     rows = []
     for k, eps in enumerate(eps_list):
@@ -81,26 +107,34 @@ def defense_batch(
             "base_adv_prob": _pred_prob(ca["log_likelihood"], adv_pred).cpu().numpy(),
             "post_adv_pred": post_adv.cpu().numpy(),
             "post_prob_of_adv_label": _pred_prob(ca["log_posterior"], adv_pred).cpu().numpy(),
-            "clean_score": clean_score.cpu().numpy(),
-            "adv_score": ca["log_prior"].gather(1, adv_pred[:, None]).squeeze(1).cpu().numpy(),
+            "clean_score": _at(comp["log_prior"], clean_pred),
+            "adv_score": _at(ca["log_prior"], adv_pred),
+            "post_clean_score": _at(comp["log_prior"], post_clean),
         }
-        if dcfg.adaptive.fgsm:
-            a_fgsm = FGSM(defended, eps)(x, target)
+        if acfg.fgsm:
+            a_fgsm = FGSM(joint, eps, loss=acfg.loss)(x, target)
             with torch.no_grad():
-                row["adaptive_fgsm_post_pred"] = defended(a_fgsm).argmax(1).cpu().numpy()
-        if dcfg.adaptive.pgd.steps:
-            def pgd(model):
-                """PGD with this batch's seeded random start: the same start for both models."""
+                row["adaptive_fgsm_post_pred"] = joint(a_fgsm).argmax(1).cpu().numpy()
+        if pgd_cfg.steps:
+            def attack(cls, model, **kw):  # noqa: ANN001, ANN003, ANN202
+                """``cls`` at this eps with the configured PGD settings and this batch's per-image seeds."""
                 if eps == 0:
                     return x
-                gen = torch.Generator().manual_seed(int(seed) + int(idx[0]))
-                return PGD(model, eps, max(eps * float(dcfg.adaptive.pgd.alpha_factor), 1e-12),
-                           int(dcfg.adaptive.pgd.steps), random_start=bool(dcfg.adaptive.pgd.random_start),
-                           generator=gen)(x, target)
-            a_pgd, b_pgd = pgd(defended), pgd(base)
-            with torch.no_grad():
-                row["adaptive_pgd_post_pred"] = defended(a_pgd).argmax(1).cpu().numpy()
-                row["pgd_base_pred"] = base(b_pgd).argmax(1).cpu().numpy()
+                return cls(model, eps, eps * float(pgd_cfg.alpha_factor), int(pgd_cfg.steps),
+                           random_start=bool(pgd_cfg.random_start), restarts=int(pgd_cfg.restarts),
+                           schedule=str(pgd_cfg.schedule), **kw)(x, target, seeds=seeds)
+            with torch.no_grad():  # early_stop: an image fooled at any iterate counts (robust accuracy)
+                a_pred = joint(attack(PGD, joint, loss=pgd_cfg.loss, early_stop=True)).argmax(1)
+                b_pred = base(attack(PGD, base, loss=pgd_cfg.loss, early_stop=True)).argmax(1)
+            row["adaptive_pgd_only_post_pred"] = a_pred.cpu().numpy()
+            row["adaptive_pgd_post_pred"] = torch.where(a_pred != y, a_pred, post_adv).cpu().numpy()
+            row["pgd_base_pred"] = torch.where(b_pred != y, b_pred, adv_pred).cpu().numpy()
+            if det_cfg.enabled:
+                with torch.no_grad():
+                    cd = defended.components(attack(DetectorAwarePGD, defended, c=float(det_cfg.c)))
+                d_pred = cd["log_posterior"].argmax(1)
+                row["det_aware_post_pred"] = d_pred.cpu().numpy()
+                row["det_aware_score"] = _at(cd["log_prior"], d_pred)
         rows.append(pd.DataFrame(row))
     return pd.concat(rows, ignore_index=True)
 
@@ -143,6 +177,11 @@ def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) 
     adversarial label. recovery_rate: the share (same subset) whose posterior top-1 is the true label.
     detector_auc: ROC-AUC of -log p(r | y_hat, x) separating successful adversarial examples (label changed)
     from the clean images, where y_hat is the base model's prediction for that input.
+    Adaptive columns (white box through the posterior): adaptive_fgsm_post_acc; adaptive_pgd_post_acc (worst
+    case per image over the FGSM example and the PGD one, so <= post_adv_acc), adaptive_pgd_only_post_acc,
+    pgd_base_acc (the base model, same worst case); adaptive_det_post_acc and detector_auc_adaptive: the
+    detector-aware PGD, scored by the same detector at the label the defended model reports
+    (-log p(r | posterior top-1, x), clean images against the examples whose posterior label changed).
     """
     out = []
     for eps, g in df.groupby("eps", sort=True):
@@ -166,17 +205,43 @@ def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) 
             ci("adaptive_fgsm_post_acc", g["adaptive_fgsm_post_pred"].to_numpy() == y)
         if "adaptive_pgd_post_pred" in g:
             ci("adaptive_pgd_post_acc", g["adaptive_pgd_post_pred"].to_numpy() == y)
+            ci("adaptive_pgd_only_post_acc", g["adaptive_pgd_only_post_pred"].to_numpy() == y)
             ci("pgd_base_acc", g["pgd_base_pred"].to_numpy() == y)
+        if "det_aware_post_pred" in g:
+            ci("adaptive_det_post_acc", g["det_aware_post_pred"].to_numpy() == y)
         rec["n_detector_adv"] = int(changed.sum())
-        if changed.any():
-            scores = np.concatenate([-g["clean_score"].to_numpy(), -g["adv_score"].to_numpy()[changed]])
-            target = np.concatenate([np.zeros(len(g)), np.ones(int(changed.sum()))])
-            scores = np.nan_to_num(scores, nan=0.0, posinf=1e30, neginf=-1e30)
-            rec["detector_auc"] = float(binary_auroc(torch.tensor(scores), torch.tensor(target, dtype=torch.long)))
-        else:
-            rec["detector_auc"] = float("nan")
+        rec["detector_auc"] = detector_auc(g["clean_score"].to_numpy(), g["adv_score"].to_numpy(), changed)
+        if "det_aware_post_pred" in g:
+            fooled = g["det_aware_post_pred"].to_numpy() != g["post_clean_pred"].to_numpy()
+            rec["n_detector_adv_adaptive"] = int(fooled.sum())
+            rec["detector_auc_adaptive"] = detector_auc(g["post_clean_score"].to_numpy(),
+                                                        g["det_aware_score"].to_numpy(), fooled)
         out.append(rec)
-    return pd.DataFrame(out)
+    return _adaptive_beside_non_adaptive(pd.DataFrame(out))
+
+
+#: Summary column order: every adaptive number right after the non-adaptive one it is judged against.
+SUMMARY_ORDER = ("eps", "eps_255", "n", "base_clean_acc", "post_clean_acc", "base_adv_acc", "post_adv_acc",
+                 "adaptive_fgsm_post_acc", "adaptive_pgd_post_acc", "adaptive_pgd_only_post_acc",
+                 "adaptive_det_post_acc", "pgd_base_acc", "detector_auc", "detector_auc_adaptive",
+                 "n_detector_adv", "n_detector_adv_adaptive")
+
+
+def _adaptive_beside_non_adaptive(summary: pd.DataFrame) -> pd.DataFrame:
+    """Columns in ``SUMMARY_ORDER`` (each with its ``_low``/``_high``) first, the others after, in their order."""
+    first = [c for name in SUMMARY_ORDER for c in (name, f"{name}_low", f"{name}_high") if c in summary]
+    return summary[first + [c for c in summary.columns if c not in first]]
+
+
+def detector_auc(clean_score: np.ndarray, adv_score: np.ndarray, changed: np.ndarray) -> float:
+    """ROC-AUC of ``-score`` (low prior density = flagged) separating every clean image (negatives) from the
+    adversarial examples with ``changed`` labels (positives); NaN when none changed."""
+    if not changed.any():
+        return float("nan")
+    scores = np.concatenate([-clean_score, -adv_score[changed]])
+    target = np.concatenate([np.zeros(len(clean_score)), np.ones(int(changed.sum()))])
+    scores = np.nan_to_num(scores, nan=0.0, posinf=1e30, neginf=-1e30)
+    return float(binary_auroc(torch.tensor(scores), torch.tensor(target, dtype=torch.long)))
 
 
 def panel_images(ctx: RunContext, df: pd.DataFrame, n: int) -> tuple[list[torch.Tensor], list[str]]:
@@ -213,7 +278,7 @@ DEFENSE_KEY = register(KeySpec(
         ("trainer.accelerator", AFFECTS), ("trainer.precision", AFFECTS),  # numerics of every forward pass
         ("compute.channels_last", AFFECTS),
         ("trainer.*", IGNORED),
-        *data_rules(affects=("batch_size", "eval_batch_size")),  # the first image of a batch seeds its PGD start
+        *data_rules(),  # PGD starts are seeded per image (pgd_seeds), whatever the batch
         ("target_model", AFFECTS),  # the base model (its identity enters through the prior's key)
         ("model.*", IGNORED),
         *not_read("fooling", "activations"),
@@ -254,9 +319,14 @@ def summarize(ctx: RunContext, art) -> dict[str, float]:
     ddir = ctx.run_dir / "defense"
     link_into(art.dir / "outcomes.parquet", ddir / "outcomes.parquet")
     summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
+    space = str(cfg.prior.get("space", "per_class"))
+    summary["prior_space"] = space  # p(r|y,x) in per-class coordinates is not calibrated across classes
+    if space == "per_class":
+        log.info("defense: the prior scores each class in its own PCA/autoencoder coordinates, so p(r|y,x) "
+                 "of different classes are not calibrated against each other (prior.space=shared is)")
     save_csv(summary, ddir / "summary.csv")
     metrics: dict[str, float] = {}
-    skip = {"eps", "eps_255"}
+    skip = {"eps", "eps_255", "prior_space"}
     for _, r in summary.iterrows():
         for col, v in r.items():
             if col not in skip and not col.endswith(("_low", "_high")):

@@ -2,9 +2,10 @@
 
 fc6 features of ``data.support_per_class`` training images per class (a Lightning loop on the trainer's
 devices, split over the ranks, cached and resumable) -> per-class PCA -> per-class autoencoders (one
-batched LightningModule) -> per-class Gaussian KDE, fitted once, by rank 0, on its GPU when the trainer
-uses GPUs; the other ranks read the fitted prior from the store. Both cached in the store (``features``,
-``prior``), keyed as ``FEATURES_KEY`` and ``PRIOR_KEY`` declare.
+batched LightningModule) -> per-class Gaussian KDE (or, ``prior.space=shared``, one PCA and autoencoder for
+all classes and a class-conditional KDE), fitted once, by rank 0, on its GPU when the trainer uses GPUs; the
+other ranks read the fitted prior from the store. Both cached in the store (``features``, ``prior``), keyed
+as ``FEATURES_KEY`` and ``PRIOR_KEY`` declare.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ PRIOR_KEY = register(KeySpec(
     rules=(
         ("prior.n_components", AFFECTS), ("prior.bottleneck", AFFECTS), ("prior.depth", AFFECTS),
         ("prior.negative_slope", AFFECTS), ("prior.bandwidth", AFFECTS), ("prior.kernel_cov", AFFECTS),
-        ("prior.cv_folds", AFFECTS), ("prior.ae.*", AFFECTS),
+        ("prior.cv_folds", AFFECTS), ("prior.ae.*", AFFECTS), ("prior.space", AFFECTS),
+        ("prior.standardize", AFFECTS), ("prior.val_fraction", AFFECTS),
         ("prior.*", IGNORED),  # feature_layer, support_per_class: through the features; weight, top_k: the defense
         ("seed", AFFECTS),  # autoencoder init and batches, KDE cross-validation folds
         ("trainer.*", IGNORED),  # the autoencoders train on their own Trainer
@@ -77,11 +79,12 @@ def prior_key(ctx: RunContext) -> str:
 
 def empty_prior(num_classes: int, pcfg) -> ClassPrior:
     """An unfitted ClassPrior of the configured shape, ready for ``load_state_dict``."""
+    space = str(pcfg.get("space", "per_class"))
     return ClassPrior(
         ClassPCA(int(pcfg.n_components)),
-        BatchedAutoencoder(num_classes, int(pcfg.n_components), int(pcfg.bottleneck), pcfg.get("depth"),
-                           float(pcfg.negative_slope)),
-        ClassConditionalKDE(),
+        BatchedAutoencoder(num_classes if space == "per_class" else 1, int(pcfg.n_components),
+                           int(pcfg.bottleneck), pcfg.get("depth"), float(pcfg.negative_slope)),
+        ClassConditionalKDE(), space=space, num_classes=num_classes,
     )
 
 
@@ -132,6 +135,9 @@ def fit_prior(ctx: RunContext, fkey: str) -> tuple[ClassPrior, dict]:
         negative_slope=float(pcfg.negative_slope), bandwidth=float(bw) if isinstance(bw, (int, float)) else str(bw),
         kernel_cov=str(pcfg.kernel_cov), cv_folds=int(pcfg.cv_folds), epochs=int(pcfg.ae.epochs),
         batch_size=int(pcfg.ae.batch_size), lr=float(pcfg.ae.lr), seed=int(cfg.seed), trainer_kwargs=trainer_kwargs,
+        space=str(pcfg.space), standardize=bool(pcfg.standardize), val_fraction=float(pcfg.val_fraction),
+        patience=None if pcfg.ae.get("patience") is None else int(pcfg.ae.patience),
+        min_delta=float(pcfg.ae.get("min_delta") or 0.0),
     )
     evr = prior.pca.explained_variance_ratio_.sum(1)
     with torch.no_grad():  # each support point under its own class only (not all C classes)
@@ -143,12 +149,15 @@ def fit_prior(ctx: RunContext, fkey: str) -> tuple[ClassPrior, dict]:
         "prior/support_points": int(len(y)),
         "prior/support_log_density_mean": float(own.mean()),
         "prior/bandwidth_mean": float(prior.kde.bandwidth_.float().mean()),
+        "prior/ae_epochs": len(prior.loss_history),
     }
+    if prior.val_loss_history:  # held-out support points: the kept epoch and its held-out loss
+        meta["prior/ae_best_epoch"] = int(prior.best_epoch)
+        meta["prior/ae_val_loss"] = float(prior.val_loss_history[prior.best_epoch])
     log.info("prior: PCA keeps %.1f%% of the variance (mean over classes); AE loss %.4f -> %.4f (fitted on %s)",
              100 * meta["prior/explained_variance_mean"], meta["prior/ae_recon_loss_first"],
              meta["prior/ae_recon_loss"], device)
     return prior.cpu(), meta
-    return prior, meta
 
 
 def load_prior(ctx: RunContext, key: str) -> tuple[ClassPrior, dict]:
