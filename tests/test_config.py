@@ -91,3 +91,13 @@ def test_experiment_overlays(make_cfg):
     cfg = make_cfg(["experiment=dropout"])
     assert cfg.model.vgg_small.dropout == 0.5 and cfg.model.vgg_small_nodropout.dropout == 0.0
     assert cfg.model.vgg_small_nodropout.widths == cfg.model.vgg_small.widths
+
+
+def test_schema_option_lists_equal_the_libraries_own():
+    from advprior.attacks.losses import LOSSES
+    from advprior.attacks.pgd import SCHEDULES
+    from advprior.config import stages
+    from advprior.prior.class_prior import SPACES
+
+    assert (set(stages.LOSSES), tuple(stages.SCHEDULES), tuple(stages.SPACES)) == (set(LOSSES), tuple(SCHEDULES),
+                                                                                  tuple(SPACES))

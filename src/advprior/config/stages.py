@@ -7,7 +7,8 @@ from .errors import fmt
 
 BANDWIDTH_RULES = ("scott", "silverman", "cv", "loo", "heldout")
 KERNEL_COVS = ("isotropic", "full")
-SPACES = ("per_class", "shared")  # advprior.prior.class_prior.SPACES (tested equal)
+# the option lists of the library (not imported here: the schemas load without torch); tested equal
+SPACES = ("per_class", "shared")  # advprior.prior.class_prior.SPACES
 LOSSES = ("ce", "margin")  # advprior.attacks.losses.LOSSES
 SCHEDULES = ("constant", "cosine")  # advprior.attacks.pgd.SCHEDULES
 

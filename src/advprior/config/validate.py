@@ -20,7 +20,7 @@ from .errors import ConfigError, fmt
 from .groups import GROUPS, EntriesOf, OneOf
 from .root import RootConfig
 
-_SIMPLE_INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
+_SIMPLE_INTERPOLATION = re.compile(r"^\$\{(\.*)([A-Za-z_][\w.]*)\}$")
 
 
 def _join(path: str, key: object) -> str:
@@ -61,7 +61,7 @@ def _to_object(typed: DictConfig, path: str, source: DictConfig | None) -> Any:
     try:
         return OmegaConf.to_object(typed)
     except ConfigError as e:
-        raise e.at(path, blame=_interpolation_source(source, e)) from None
+        raise e.at(path, blame=_interpolation_source(source, e, path)) from None
     except MissingMandatoryValue as e:
         raise _missing(e, path) from None
     except OmegaConfBaseException as e:
@@ -70,13 +70,21 @@ def _to_object(typed: DictConfig, path: str, source: DictConfig | None) -> Any:
         raise ConfigError(f"{path or 'config'}: {e}", key=path) from None
 
 
-def _interpolation_source(source: DictConfig | None, err: ConfigError) -> str | None:
-    """The key a bad value was copied from (``${attack.epsilons}``), so that the copy is not blamed."""
+def _interpolation_source(source: DictConfig | None, err: ConfigError, path: str) -> str | None:
+    """The full key a bad value was copied from (``${attack.epsilons}``, or relative to ``path``, the node
+    holding it: ``${..loss}``), so that the copy is not blamed."""
     key = err.key
     if source is None or not key or key not in source or not OmegaConf.is_interpolation(source, key):
         return None
     m = _SIMPLE_INTERPOLATION.match(str(source._get_node(key)._value()))
-    return m.group(1) if m else None
+    if not m:
+        return None
+    dots, ref = m.groups()
+    if not dots:
+        return ref
+    parts = path.split(".") if path else []
+    up = len(dots) - 1  # "." is the node itself, each further dot its parent
+    return ".".join(parts[:len(parts) - up] + [ref]) if up <= len(parts) else None
 
 
 def _without_open_extras(schema: type, data: dict) -> dict:
@@ -308,8 +316,8 @@ def check_pgd_step(cfg: DictConfig, checked: dict) -> None:
 
 
 CROSS_CHECKS: list[Callable[[DictConfig, dict], None]] = [
-    check_models, check_image_size, check_stages, check_prior_support, check_fooling_models,
-    check_activations_eps, check_pgd_step,
+    check_models, check_image_size, check_stages, check_fooling_models, check_activations_eps, check_pgd_step,
+    check_prior_support,  # last: it may build the digits split (in memory) to count the support images
 ]
 
 
