@@ -6,7 +6,11 @@ generated blocks (``advprior.utils.readme``) of the README:
 - ``claims``: each paper claim at every eps, its evidence (across-seed mean and Student-t 95% interval of
   the paired difference, or of the mitigation rate) and its verdict, with the verdict rule;
 - ``fgsm-rates``: clean test accuracy, label-changed and high-confidence rates per model and eps;
-- ``defense``: the defense's accuracies, mitigation, recovery, detector AUC and adaptive-attack columns.
+- ``defense``: the defense's accuracies, mitigation, recovery, detector AUC and adaptive-attack columns;
+- ``fooling``: per source, target and encoding, the fooling images' confidence on their source, the
+  transfer rate and the target's confidence;
+- ``activations``: the target model's mean relative change ``||a_adv - a|| / ||a||`` per layer (in forward
+  order) and eps, over all evaluation images.
 
 Every cell is ``mean [low, high]`` across training seeds; each block names the seeds and the machine the
 sweep ran on (``advprior.utils.machine.machine_line``). Each block sits between
@@ -32,7 +36,7 @@ from advprior.utils.readme import read_block, update_file
 
 log = logging.getLogger("readme_results")
 
-BLOCKS = ("claims", "fgsm-rates", "defense")
+BLOCKS = ("claims", "fgsm-rates", "defense", "fooling", "activations")
 DEFENSE_COLUMNS = (  # known columns first, in this order; any other defense metric follows by its name
     ("base_clean_acc", "clean acc (base)"), ("post_clean_acc", "clean acc (posterior)"),
     ("base_adv_acc", "FGSM acc (base)"), ("post_adv_acc", "FGSM acc (posterior)"),
@@ -158,9 +162,39 @@ def defense_block(claims: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fooling_block(claims: dict) -> str:
+    rows = _numbers(claims, "fooling")
+    by = {(r["name"], r["metric"]): r for r in rows}
+    lines = [header(claims), "| source -> target | encoding | confidence on the source | transfer rate | "
+             "confidence on the target |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        pair, enc = name.rsplit(":", 1)
+        cells = [pct(by[(name, m)]["mean"], by[(name, m)]["low"], by[(name, m)]["high"]) if (name, m) in by
+                 else "n/a" for m in ("source_conf_mean", "transfer_rate", "target_conf_mean")]
+        lines.append(f"| `{pair.replace('->', '` -> `')}` | {enc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def activations_block(claims: dict) -> str:
+    paper = claims["paper_eps_255"]
+    rows = [r for r in _numbers(claims, "activations") if r["metric"] == "rel_change_mean" and r["eps_255"] > 0]
+    by = {(r["name"], round(r["eps_255"], 6)): r for r in rows}
+    eps_list = sorted({round(r["eps_255"], 6) for r in rows})
+    layers = sorted(dict.fromkeys(r["name"] for r in rows))  # "<depth>:<layer>": forward order
+    target = claims.get("target_model") or "the target model"
+    lines = [header(claims), f"Relative change of `{target}`'s activations, all evaluation images:", "",
+             "| layer | " + " | ".join(eps_text(e, paper) for e in eps_list) + " |", "|---" * (len(eps_list) + 1) + "|"]
+    for layer in layers:
+        cells = [pct(by[(layer, e)]["mean"], by[(layer, e)]["low"], by[(layer, e)]["high"]) if (layer, e) in by
+                 else "n/a" for e in eps_list]
+        lines.append(f"| {layer.split(':', 1)[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_blocks(claims: dict) -> dict[str, str]:
     """Block name -> Markdown body, from a parsed ``claims.json``."""
-    return {"claims": claims_block(claims), "fgsm-rates": fgsm_block(claims), "defense": defense_block(claims)}
+    return {"claims": claims_block(claims), "fgsm-rates": fgsm_block(claims), "defense": defense_block(claims),
+            "fooling": fooling_block(claims), "activations": activations_block(claims)}
 
 
 def load_claims(sweep_dir: Path) -> dict:

@@ -8,7 +8,9 @@ two CPUs with the same seed); the spread across seeds does.
 ``aggregate(sweep_dir, spec)`` reads every finished job's tables and returns:
 
 - ``numbers``: one row per headline number (``NUMBER_COLUMNS``): ``group`` (``train``, ``attack``,
-  ``paired``, ``transfer``, ``defense``), ``name`` (a model, a pair ``a-vs-b`` or ``source->target``),
+  ``paired``, ``transfer``, ``defense``, ``fooling``, ``activations``), ``name`` (a model, a pair ``a-vs-b``,
+  ``source->target``, ``source->target:encoding`` for fooling, ``<depth>:<layer>`` of the target model for
+  the activations' relative change over all images),
   ``eps``/``eps_255`` (NaN for ``train``), ``metric``, then ``seed_<s>`` (the per-seed value), ``n_seeds``
   (finite values), ``mean``, ``sd`` and ``low``/``high``: the Student-t (1 - alpha) interval across seeds
   (``intervals.t_interval``, within ``value_range`` of the metric; NaN bounds with fewer than two seeds).
@@ -56,6 +58,9 @@ SUSCEPTIBILITY_METRICS = ("label_changed_rate", "high_conf_rate", "fooling_rate"
 ATTACK_METRICS = ("clean_acc", "adv_acc", "label_changed_rate", "high_conf_rate", "fooling_rate",
                   "mean_second_prob_high_conf")
 """Columns of each job's ``attack/summary.csv`` aggregated across seeds."""
+
+FOOLING_METRICS = ("source_conf_mean", "transfer_rate", "target_conf_mean")
+"""Columns of each job's ``fooling/summary.csv`` aggregated across seeds."""
 
 KEY_COLUMNS = ("group", "name", "eps", "eps_255", "metric")
 NUMBER_COLUMNS = KEY_COLUMNS + ("n_seeds", "mean", "sd", "low", "high")
@@ -169,6 +174,14 @@ def job_numbers(job: Job) -> pd.DataFrame:
             if col in ("eps", "eps_255", "n") or col.endswith(("_low", "_high")):
                 continue
             add("defense", target, r["eps"], r["eps_255"], col, value)
+    fooling = _read_csv(job.path / "fooling" / "summary.csv")
+    for r in [] if fooling is None else fooling.itertuples(index=False):
+        for m in FOOLING_METRICS:
+            add("fooling", f"{r.source}->{r.target}:{r.encoding}", math.nan, math.nan, m, getattr(r, m))
+    layers = _read_csv(job.path / "activations" / "layer_change.csv")
+    for r in [] if layers is None else layers[(layers["model"] == target) & (layers["category"] == "all")
+                                               ].itertuples(index=False):
+        add("activations", f"{r.depth:02d}:{r.layer}", r.eps, r.eps_255, "rel_change_mean", r.rel_change_mean)
     return pd.DataFrame(rows, columns=list(KEY_COLUMNS) + ["value"])
 
 
@@ -326,7 +339,8 @@ def rule_text(spec: ClaimSpec) -> str:
 
 
 def aggregate(sweep_dir: str | Path, spec: ClaimSpec | None = None) -> dict[str, Any]:
-    """``{"numbers": DataFrame, "claims": [...], "seeds": [...], "paper_eps_255": float}`` of a claims sweep.
+    """``{"numbers": DataFrame, "claims": [...], "seeds": [...], "paper_eps_255": float, "target_model": str, ...}``
+    of a claims sweep.
 
     ValueError when no job finished or the jobs lack a model the claims compare.
     """
@@ -337,8 +351,10 @@ def aggregate(sweep_dir: str | Path, spec: ClaimSpec | None = None) -> dict[str,
     for job in jobs:
         spec.check_models(list(job.cfg.model))
     numbers = aggregate_numbers({j.seed: job_numbers(j) for j in jobs}, alpha=spec.alpha)
+    target = jobs[0].cfg.get("target_model") or next(iter(jobs[0].cfg.model))
     return {"numbers": numbers, "claims": judge_claims(jobs, spec), "seeds": [j.seed for j in jobs],
-            "paper_eps_255": paper_eps_255(jobs[0].cfg), "alpha": spec.alpha, "rule": rule_text(spec)}
+            "paper_eps_255": paper_eps_255(jobs[0].cfg), "alpha": spec.alpha, "rule": rule_text(spec),
+            "target_model": str(target)}
 
 
 def _json_safe(x: Any) -> Any:
