@@ -6,7 +6,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +72,16 @@ def _job(sweep: Path, num: int, seed: int, depth_diff: float, dropout_diff: floa
                    "mitigation_rate_low": mitigation - 0.1, "mitigation_rate_high": mitigation + 0.1,
                    "detector_auc": 0.8, "adaptive_pgd_post_acc": 0.1 * seed}
                   for e in EPS_255]).to_csv(d / "defense" / "summary.csv", index=False)
+    (d / "fooling").mkdir()
+    pd.DataFrame([{"source": "shallow", "target": "vgg_small", "encoding": enc, "n": 10,
+                   "source_conf_mean": 0.9 - 0.01 * seed, "transfer_rate": 0.1 * seed + 0.5 * k, "target_conf_mean": 0.3}
+                  for k, enc in enumerate(("cppn", "direct"))]).to_csv(d / "fooling" / "summary.csv", index=False)
+    (d / "activations").mkdir()
+    pd.DataFrame([{"model": m, "eps": e / 255, "eps_255": e, "category": cat, "layer": layer, "depth": depth,
+                   "n": 100, "rel_change_mean": depth * e / 100 + seed / 1000 + (cat == "true")}
+                  for m in ("vgg_small", "shallow") for e in (0.0, *EPS_255) for cat in ("all", "true")
+                  for depth, layer in ((1, "conv1_1"), (12, "fc6"))]).to_csv(d / "activations" / "layer_change.csv",
+                                                                              index=False)
     return d
 
 
@@ -108,6 +117,11 @@ def test_aggregation_equals_hand_computation(sweep):
     assert math.isnan(t["eps"]) and t["mean"] == pytest.approx(0.91)
     d = nums[(nums.group == "defense") & (nums.metric == "adaptive_pgd_post_acc") & (nums.eps_255 == 0.85)].iloc[0]
     assert d["name"] == "vgg_small" and (d["low"], d["high"]) == pytest.approx(_t([0, 0.1, 0.2], (0, 1)))
+    f = nums[(nums.group == "fooling") & (nums.metric == "transfer_rate")].set_index("name")["mean"]
+    assert f.to_dict() == pytest.approx({"shallow->vgg_small:cppn": 0.1, "shallow->vgg_small:direct": 0.6})
+    a = nums[(nums.group == "activations")].set_index(["name", "eps_255"])["mean"]  # target model, category all
+    assert len(a) == 2 * (1 + len(EPS_255)) and a[("12:fc6", 8.0)] == pytest.approx(12 * 8 / 100 + 0.001)
+    assert res["target_model"] == "vgg_small"
     assert d["low"] == 0.0  # the t interval of a rate is cut at 0
     assert not (nums.metric.str.endswith("_low") | nums.metric.str.endswith("_high")).any()
     tr = nums[(nums.group == "transfer") & (nums.name == "shallow->vgg_small") & (nums.eps_255 == 8.0)]
@@ -183,8 +197,9 @@ def test_claims_callback_checks_models_up_front_and_writes_at_the_end(sweep):
     assert pd.read_csv(sweep / "verdicts.csv")["verdict"].isin(["supported", "contradicted", "inconclusive"]).all()
 
 
-README_MARKERS = "".join(f"\n<!-- generated:{b} -->\nold\n<!-- /generated:{b} -->\n" for b in ("claims", "fgsm-rates",
-                                                                                                 "defense"))
+BLOCK_NAMES = ("claims", "fgsm-rates", "defense", "fooling", "activations")
+README_MARKERS = "".join(f"\n<!-- generated:{b} -->\nold\n<!-- /generated:{b} -->\n" for b in BLOCK_NAMES)
+README_TEXT = "# A README\n\nSome text that stays as it is.\n"
 
 
 def _fill(script, sweep_dir: Path, readme: Path) -> str:
@@ -202,8 +217,8 @@ def test_readme_script_fills_blocks_from_claims_json(sweep, tmp_path):
     assert saved["seeds"] == [0, 1, 2] and saved["machine"]["cpu"] == "Test CPU"
     script = _load_script()
     readme = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", readme)
-    with pytest.raises(SystemExit, match="generated:claims"):  # the README has no markers yet
+    readme.write_text(README_TEXT)
+    with pytest.raises(SystemExit, match="generated:claims"):  # no markers yet
         script.main([str(sweep), "--readme", str(readme)])
     original = readme.read_text()
     readme.write_text(original + README_MARKERS)
@@ -220,6 +235,13 @@ def test_readme_script_fills_blocks_from_claims_json(sweep, tmp_path):
     assert "| 8 | " in rates and f"39.0% [{100 * lo:.1f}, {100 * hi:.1f}]" in rates
     defense = text.split("<!-- generated:defense -->")[1]
     assert "mitigation" in defense and "adaptive PGD (posterior)" in defense and "20.0% [" in defense
+    fooling = text.split("<!-- generated:fooling -->")[1].split("<!-- /generated:fooling -->")[0]
+    lo, hi = _t([0.5, 0.6, 0.7])
+    assert f"| `shallow` -> `vgg_small` | direct | 89.0% [" in fooling and f"60.0% [{100 * lo:.1f}, {100 * hi:.1f}]" in fooling
+    acts = text.split("<!-- generated:activations -->")[1].split("<!-- /generated:activations -->")[0]
+    rows = [line for line in acts.splitlines() if line.startswith("| conv1_1") or line.startswith("| fc6")]
+    assert [r.split(" |")[0] for r in rows] == ["| conv1_1", "| fc6"]  # forward order, eps 0 left out
+    assert "`vgg_small`" in acts and "| layer | **0.85** | 8 |" in acts
     assert _fill(script, sweep, readme) == text  # a second fill changes nothing
     with pytest.raises(SystemExit, match="claims.json"):
         script.main([str(tmp_path), "--readme", str(readme)])
@@ -274,6 +296,6 @@ def test_claims_multirun_two_seeds_end_to_end(tmp_path):
     row = numbers[(numbers.group == "defense") & (numbers.metric == "base_clean_acc")].iloc[0]
     assert row.seed_0 == pytest.approx(defense["base_clean_acc"].iloc[0])
     readme = tmp_path / "README.md"
-    readme.write_text((ROOT / "README.md").read_text() + README_MARKERS)
+    readme.write_text(README_TEXT + README_MARKERS)
     text = _fill(_load_script(), sweep, readme)
     assert "2 training seeds (0, 1)" in text and "`vgg_small_nodropout`" in text
