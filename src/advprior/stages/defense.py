@@ -278,7 +278,9 @@ DEFENSE_KEY = register(KeySpec(
         ("trainer.accelerator", AFFECTS), ("trainer.precision", AFFECTS),  # numerics of every forward pass
         ("compute.channels_last", AFFECTS),
         ("trainer.*", IGNORED),
-        *data_rules(),  # PGD starts are seeded per image (pgd_seeds), whatever the batch
+        # the random starts are seeded per image (pgd_seeds), but PGD's sub-batches (restarts, early stop) are
+        # cut from each batch, so the batch size stays in the key
+        *data_rules(affects=("batch_size", "eval_batch_size")),
         ("target_model", AFFECTS),  # the base model (its identity enters through the prior's key)
         ("model.*", IGNORED),
         *not_read("fooling", "activations"),
