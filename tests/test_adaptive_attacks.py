@@ -3,6 +3,7 @@ attack, gradient checks through the prior, and the defense's worst-case columns.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from advprior.attacks import FGSM, PGD, DetectorAwarePGD, FGSMSweep
 from advprior.attacks.losses import cross_entropy, margin, resolve_loss
 from advprior.models.classifier import Classifier
 from advprior.prior import BatchedAutoencoder, BayesianPriorClassifier, ClassConditionalKDE, ClassPCA, ClassPrior
+
+ROOT = Path(__file__).resolve().parents[1]
 
 C, D = 3, 12
 
@@ -336,9 +339,12 @@ def embedded(tmp_path_factory):
         from conftest import compose_cfg
     except ImportError:  # tests/ imported as a package
         from tests.conftest import compose_cfg
+    import yaml
     root = tmp_path_factory.mktemp("embedded")
+    pgd = yaml.safe_load((ROOT / "conf" / "defense" / "default.yaml").read_text())["adaptive"]["pgd"]  # not debug's
     cfg = compose_cfg(root, ["model=[vgg_small]", "trainer.limit_train_batches=1.0", "trainer.max_epochs=3",
-                             "prior.ae.epochs=3", "data.eval_subset=64", "attack.epsilons=[2,4]"])
+                             "prior.ae.epochs=3", "data.eval_subset=64", "attack.epsilons=[2,4]",
+                             f"defense.adaptive.pgd.steps={pgd['steps']}", f"defense.adaptive.pgd.restarts={pgd['restarts']}"])
     seed_everything(cfg.seed)
     ctx = RunContext(cfg=cfg, run_dir=root / "run", store=ArtifactStore(cfg.paths.store_dir))
     train.run(ctx)
