@@ -76,8 +76,7 @@ def evaluate(ctx: RunContext, dcfg) -> tuple[pd.DataFrame, float]:  # noqa: ANN0
     finally:
         hook.remove()
     df = pd.concat(rows, ignore_index=True)
-    summary = defense.defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot),
-                                      int(cfg.seed))
+    summary = defense.defense_summary(df, float(cfg.attack.high_conf_threshold))
     return summary, passes[0] / df["index"].nunique()
 
 

@@ -381,7 +381,7 @@ def test_adaptive_accuracy_never_exceeds_non_adaptive(embedded):
     assert not ((df["adaptive_pgd_post_pred"] == y) & (df["post_adv_pred"] != y)).any()
     assert not ((df["adaptive_pgd_post_pred"] == y) & (df["adaptive_pgd_only_post_pred"] != y)).any()
     assert not ((df["pgd_base_pred"] == y) & (df["base_adv_pred"] != y)).any()
-    s = defense_summary(df, 0.5, 50, 0)
+    s = defense_summary(df, 0.5)
     assert (s["adaptive_pgd_post_acc"] <= s["post_adv_acc"]).all()
     assert (s["adaptive_pgd_post_acc"] <= s["adaptive_pgd_only_post_acc"]).all()
     assert (s["pgd_base_acc"] <= s["base_adv_acc"]).all()
@@ -408,8 +408,8 @@ def _doubling_check(ctx, n: int) -> None:
     with open_dict(doubled):
         doubled.adaptive.pgd.steps = 2 * int(dcfg.adaptive.pgd.steps)
         doubled.adaptive.pgd.restarts = 2 * int(dcfg.adaptive.pgd.restarts)
-    a = defense_summary(_defense_rows(ctx, dcfg, n), 0.5, 200, 0)
-    b = defense_summary(_defense_rows(ctx, doubled, n), 0.5, 200, 0)
+    a = defense_summary(_defense_rows(ctx, dcfg, n), 0.5)
+    b = defense_summary(_defense_rows(ctx, doubled, n), 0.5)
     width = a["adaptive_pgd_post_acc_high"] - a["adaptive_pgd_post_acc_low"]
     change = (b["adaptive_pgd_post_acc"] - a["adaptive_pgd_post_acc"]).abs()
     assert ((change < width) | (change == 0)).all(), (a["adaptive_pgd_post_acc"].tolist(),

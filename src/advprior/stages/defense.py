@@ -169,7 +169,7 @@ def evaluate_defense(ctx: RunContext, out: Path) -> list[int] | None:
     return result.skipped if result is not None else None
 
 
-def defense_summary(df: pd.DataFrame, threshold: float, n_boot: int, seed: int) -> pd.DataFrame:
+def defense_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per eps: accuracies, mitigation and recovery rates (Wilson 95% intervals) and the detector's ROC-AUC.
 
     mitigation_rate: among images whose FGSM example changed the base label with base probability
@@ -320,7 +320,7 @@ def summarize(ctx: RunContext, art) -> dict[str, float]:
     df = pd.read_parquet(art.dir / "outcomes.parquet")
     ddir = ctx.run_dir / "defense"
     link_into(art.dir / "outcomes.parquet", ddir / "outcomes.parquet")
-    summary = defense_summary(df, float(cfg.attack.high_conf_threshold), int(cfg.attack.n_boot), int(cfg.seed))
+    summary = defense_summary(df, float(cfg.attack.high_conf_threshold))
     space = str(cfg.prior.get("space", "per_class"))
     summary["prior_space"] = space  # p(r|y,x) in per-class coordinates is not calibrated across classes
     if space == "per_class":
