@@ -390,6 +390,7 @@ def stage_loop(ctx: Any, stage: str, dataset: Dataset, step: Step, models: Mappi
     import functools
 
     from .stages.train import make_trainer
+    from .utils.progress import shown
 
     cfg = ctx.cfg
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -400,7 +401,7 @@ def stage_loop(ctx: Any, stage: str, dataset: Dataset, step: Step, models: Mappi
         shard_size=shard_size, batch_size=int(cfg.data.get("eval_batch_size") or cfg.data.batch_size),
         num_workers=int(cfg.data.get("num_workers", 0)), input_shape=ctx.datamodule.input_shape, grad=grad,
         channels_last=numerics(cfg)["channels_last"], pin_memory=cuda and bool(cfg.data.get("pin_memory", True)),
-        progress=stage if cfg.trainer.get("enable_progress_bar", True) else None,
+        progress=stage if shown(cfg.trainer.get("enable_progress_bar", True)) else None,  # a terminal only
     )
 
 

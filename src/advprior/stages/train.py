@@ -15,6 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
+from pytorch_lightning.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .. import distributed
@@ -134,8 +135,11 @@ def make_trainer(ctx: RunContext, name: str, max_epochs: int, **overrides) -> pl
         enable_model_summary=False,
     )
     kwargs.update(overrides)
-    kwargs["callbacks"] = [*kwargs["callbacks"], *bar["callbacks"]]
-    kwargs["enable_progress_bar"] = bar["enable_progress_bar"]
+    if any(isinstance(c, ProgressBar) for c in kwargs["callbacks"]):  # the caller brings its own bar
+        kwargs["enable_progress_bar"] = True
+    else:
+        kwargs["callbacks"] = [*kwargs["callbacks"], *bar["callbacks"]]
+        kwargs["enable_progress_bar"] = bar["enable_progress_bar"]
     return instantiate(ctx.cfg.trainer, **kwargs)
 
 

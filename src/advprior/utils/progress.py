@@ -36,11 +36,17 @@ def _rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
+def shown(enabled: bool = True) -> bool:
+    """Whether a progress bar is shown: ``enabled`` (the config's ``trainer.enable_progress_bar``), not switched
+    off by ``configure``, on rank 0, and stderr is a terminal (never in a log file or a captured pipe)."""
+    return bool(enabled) and _enabled and _rank_zero() and Console(stderr=True).is_terminal
+
+
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it",
              count: Callable[[T], int] | None = None) -> Iterator[T]:
     """Yield ``iterable``'s items with a progress bar over ``total`` units (``count(item)`` per item, 1 if None)."""
     console = Console(stderr=True)
-    if not (_enabled and _rank_zero() and console.is_terminal):
+    if not shown():
         yield from iterable
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
@@ -60,7 +66,7 @@ def batch_images(batch: Any) -> int:
 def lightning_progress(enabled: bool = True) -> dict[str, Any]:
     """Trainer arguments for Lightning's loops: a Rich bar (``callbacks``) when bars are shown, else no bar at
     all (``enable_progress_bar=False``: not Lightning's default tqdm bar either, e.g. in a log file)."""
-    if not (enabled and _enabled and _rank_zero() and Console(stderr=True).is_terminal):
+    if not shown(enabled):
         return {"enable_progress_bar": False, "callbacks": []}
     from pytorch_lightning.callbacks import RichProgressBar
     return {"enable_progress_bar": True, "callbacks": [RichProgressBar(console_kwargs={"stderr": True})]}
