@@ -156,3 +156,18 @@ def test_train_only_run_reports_the_test_accuracy(tmp_path):
     rows = headline_rows(run)
     assert [r.key for r in rows] == ["train/deep/test_acc", "train/shallow/test_acc"]
     assert_offline(build_report(run).read_text())
+
+
+def test_dropout_twins_ignore_keys_left_null(tmp_path):
+    """The claims experiment's ``vgg_small_nodropout`` is written without the keys the schema adds as null to
+    ``vgg_small`` (``checkpoint``, ``mean``, ``std``): still the dropout pair; any other difference is not."""
+    import yaml
+
+    from advprior.report.headlines import _dropout_twins
+    from advprior.report.rundata import RunData
+    base = {"_target_": "x.vgg", "widths": [8, 16], "dropout": 0.3, "checkpoint": None, "mean": None}
+    models = {"a": base, "b": {"_target_": "x.vgg", "widths": [8, 16], "dropout": 0.0},
+              "c": {"_target_": "x.vgg", "widths": [8, 32], "dropout": 0.0}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": models}))
+    run = RunData(tmp_path)
+    assert _dropout_twins(run, "a", "b") and not _dropout_twins(run, "a", "c") and not _dropout_twins(run, "b", "c")

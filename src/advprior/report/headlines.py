@@ -22,6 +22,8 @@ from .rundata import RunData, at_eps, eps_values, is_number
 PAPER_HIGH_CONF_RATE = 3730 / 50000   # section 4.4: VGG-19, ImageNet val, eps 0.85/255
 PAPER_SECOND_PROB = 0.25              # section 4.4: high-confidence examples put < 25% on the 2nd class
 PAPER_MITIGATION = 0.80               # section 7
+ADAPTIVE_NAMES = {"fgsm": "FGSM", "pgd": "PGD (worst case with the FGSM example)", "pgd_only": "PGD alone",
+                  "det": "detector-aware PGD"}  # defense/summary.csv's adaptive_<name>_post_acc columns
 STANDARD_EPS_255 = 8.0                # the usual L-inf budget; the adaptive attacks are read there if studied
 
 
@@ -202,8 +204,8 @@ def _dropout_twins(run: RunData, a: str, b: str) -> bool:
     ca, cb = run.model_config(a), run.model_config(b)
     if not ca or not cb or ca.get("dropout") == cb.get("dropout"):
         return False
-    strip = (lambda c: {k: v for k, v in c.items() if k != "dropout"})
-    return strip(ca) == strip(cb)
+    keys = (set(ca) | set(cb)) - {"dropout"}  # a key one config leaves out is its default, null
+    return all(ca.get(k) == cb.get(k) for k in keys)
 
 
 def _comparison_rows(run: RunData, eps_list: list[float]) -> list[Headline]:
@@ -305,7 +307,8 @@ def _defense_rows(run: RunData, e: float, e_ref: float) -> list[Headline]:
             b, blo, bhi = _get(r, base_col)
             rows.append(Headline(
                 f"defense/{col}@{e_ref:g}", "7", "(extension) the defense against an attacker who differentiates "
-                "through the posterior", f"posterior accuracy under adaptive {name.upper()}, eps {eps_text(e_ref)}",
+                "through the posterior", f"posterior accuracy under adaptive {ADAPTIVE_NAMES.get(name, name.upper())}, "
+                f"eps {eps_text(e_ref)}",
                 v, lo, hi, verdict=versus(lo, hi, b, "less robust than the base model", "no gain over the base model",
                                           "more robust than the base model") if blo is not None else "",
                 notes=f"base model under {'the same PGD' if base_col == 'pgd_base_acc' else 'FGSM'}: "
