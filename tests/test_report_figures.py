@@ -125,3 +125,17 @@ def test_rate_vs_eps_and_transfer_heatmap(tmp_path):
     _assert_png(save_figure(fig, tmp_path / "transfer.png"))
     with pytest.raises(ValueError, match="summary_by_model"):
         rate_vs_eps({})
+
+
+def test_defense_panels_draw_without_warnings():
+    import warnings
+
+    import torch
+
+    from advprior.report.figures import defense_panels, save_figure
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = defense_panels([torch.rand(3, 16, 16) for _ in range(4)], ["a\nb"] * 4, per_row=3)
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            save_figure(fig, f"{d}/p.png")

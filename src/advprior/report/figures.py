@@ -218,8 +218,7 @@ def defense_panels(images: Sequence[Any], titles: Sequence[str], per_row: int = 
         ax.imshow(arr, cmap=cmap, vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    return fig
+    return fig  # constrained layout (``_new_figure``) spaces the panels
 
 
 
