@@ -37,14 +37,19 @@ from advprior.utils.readme import read_block, update_file
 log = logging.getLogger("readme_results")
 
 BLOCKS = ("claims", "fgsm-rates", "defense", "fooling", "activations")
-DEFENSE_COLUMNS = (  # known columns first, in this order; any other defense metric follows by its name
+DEFENSE_COLUMNS = (  # the paper's, non-adaptive setting
     ("base_clean_acc", "clean acc (base)"), ("post_clean_acc", "clean acc (posterior)"),
     ("base_adv_acc", "FGSM acc (base)"), ("post_adv_acc", "FGSM acc (posterior)"),
     ("n_high_conf", "high-conf. examples"), ("mitigation_rate", "mitigation"), ("recovery_rate", "recovery"),
-    ("detector_auc", "detector AUC"), ("adaptive_fgsm_post_acc", "adaptive FGSM (posterior)"),
-    ("adaptive_pgd_post_acc", "adaptive PGD (posterior)"), ("pgd_base_acc", "PGD (base)"),
+    ("detector_auc", "detector AUC"),
 )
-DEFENSE_SKIP = {"n_detector_adv"}
+ADAPTIVE_COLUMNS = (  # attacks through the posterior, beside the non-adaptive number they are judged against
+    ("post_adv_acc", "FGSM acc (posterior, non-adaptive)"), ("adaptive_fgsm_post_acc", "adaptive FGSM (posterior)"),
+    ("adaptive_pgd_post_acc", "adaptive PGD (posterior)"), ("adaptive_pgd_only_post_acc", "adaptive PGD alone"),
+    ("adaptive_det_post_acc", "detector-aware PGD (posterior)"), ("pgd_base_acc", "PGD (base)"),
+    ("detector_auc_adaptive", "detector AUC (detector-aware)"),
+)
+DEFENSE_SKIP = {"n_detector_adv", "n_detector_adv_adaptive"}
 
 
 def _isnan(x: Any) -> bool:
@@ -135,17 +140,9 @@ def fgsm_block(claims: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def defense_block(claims: dict) -> str:
-    paper = claims["paper_eps_255"]
-    rows = _numbers(claims, "defense")
-    present = list(dict.fromkeys(r["metric"] for r in rows))
-    known = [(m, label) for m, label in DEFENSE_COLUMNS if m in present]
-    extra = [(m, m) for m in present if m not in dict(DEFENSE_COLUMNS) and m not in DEFENSE_SKIP]
-    cols = known + extra
+def _defense_table(rows: list[dict], cols: list[tuple[str, str]], paper: float) -> list[str]:
     by = {(r["metric"], round(r["eps_255"], 6)): r for r in rows}
-    target = rows[0]["name"] if rows else "?"
-    lines = [header(claims), f"The prior on `{target}`:", "",
-             "| eps (x255) | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    out = ["| eps (x255) | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for eps in sorted({round(r["eps_255"], 6) for r in rows}):
         cells = []
         for m, _ in cols:
@@ -154,11 +151,27 @@ def defense_block(claims: dict) -> str:
                 cells.append("n/a")
             elif m.startswith("n_"):
                 cells.append(num(r["mean"], r["low"], r["high"], digits=1))
-            elif m.endswith("_auc"):
+            elif m.endswith("_auc") or m.startswith("detector_auc"):
                 cells.append(num(r["mean"], r["low"], r["high"]))
             else:
                 cells.append(pct(r["mean"], r["low"], r["high"]))
-        lines.append(f"| {eps_text(eps, paper)} | " + " | ".join(cells) + " |")
+        out.append(f"| {eps_text(eps, paper)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def defense_block(claims: dict) -> str:
+    paper = claims["paper_eps_255"]
+    rows = _numbers(claims, "defense")
+    present = set(r["metric"] for r in rows)
+    target = rows[0]["name"] if rows else "?"
+    known = {m for m, _ in DEFENSE_COLUMNS + ADAPTIVE_COLUMNS} | DEFENSE_SKIP
+    extra = [(m, m) for m in dict.fromkeys(r["metric"] for r in rows) if m not in known]
+    lines = [header(claims), f"The prior on `{target}`, the paper's (non-adaptive) setting:", ""]
+    lines += _defense_table(rows, [c for c in DEFENSE_COLUMNS if c[0] in present] + extra, paper)
+    adaptive = [c for c in ADAPTIVE_COLUMNS if c[0] in present]
+    if any(m != "post_adv_acc" for m, _ in adaptive):
+        lines += ["", "Attacks through the posterior (white box):", ""]
+        lines += _defense_table(rows, adaptive, paper)
     return "\n".join(lines) + "\n"
 
 

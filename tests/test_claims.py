@@ -70,7 +70,7 @@ def _job(sweep: Path, num: int, seed: int, depth_diff: float, dropout_diff: floa
     pd.DataFrame([{"eps": e / 255, "eps_255": e, "n": 100, "base_clean_acc": 0.95, "base_clean_acc_low": 0.9,
                    "base_clean_acc_high": 0.98, "n_high_conf": 10 + seed, "mitigation_rate": mitigation,
                    "mitigation_rate_low": mitigation - 0.1, "mitigation_rate_high": mitigation + 0.1,
-                   "detector_auc": 0.8, "adaptive_pgd_post_acc": 0.1 * seed}
+                   "detector_auc": 0.8, "adaptive_pgd_post_acc": 0.1 * seed, "prior_space": "per_class"}
                   for e in EPS_255]).to_csv(d / "defense" / "summary.csv", index=False)
     (d / "fooling").mkdir()
     pd.DataFrame([{"source": "shallow", "target": "vgg_small", "encoding": enc, "n": 10,

@@ -171,8 +171,8 @@ def job_numbers(job: Job) -> pd.DataFrame:
     target = job.cfg.get("target_model") or next(iter(job.cfg.model))
     for r in [] if defense is None else defense.to_dict("records"):
         for col, value in r.items():
-            if col in ("eps", "eps_255", "n") or col.endswith(("_low", "_high")):
-                continue
+            if col in ("eps", "eps_255", "n") or col.endswith(("_low", "_high")) or isinstance(value, str):
+                continue  # e.g. prior_space: a label, not a number
             add("defense", target, r["eps"], r["eps_255"], col, value)
     fooling = _read_csv(job.path / "fooling" / "summary.csv")
     for r in [] if fooling is None else fooling.itertuples(index=False):
@@ -187,12 +187,12 @@ def job_numbers(job: Job) -> pd.DataFrame:
 
 def value_range(metric: str) -> tuple[float, float] | None:
     """The range a number can take, by its metric name: differences of rates in [-1, 1], rates,
-    accuracies, probabilities and AUCs in [0, 1], counts >= 0; None (unbounded) otherwise."""
+    accuracies, probabilities, confidences and AUCs in [0, 1], counts >= 0; None (unbounded) otherwise."""
     if metric.endswith(("_diff", "_gap")):
         return (-1.0, 1.0)
     if metric.startswith("n_"):
         return (0.0, math.inf)
-    if metric.endswith(("_rate", "_acc", "_auc")) or "prob" in metric:
+    if metric.endswith(("_rate", "_acc", "_auc")) or "prob" in metric or "conf" in metric:
         return (0.0, 1.0)
     return None
 
@@ -382,3 +382,29 @@ def write(result: Mapping[str, Any], sweep_dir: str | Path, extra: Mapping[str, 
     payload["numbers"] = result["numbers"].to_dict("records")
     payload.update(extra or {})
     save_json(_json_safe(payload), sweep_dir / "claims.json")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m advprior.analysis.claims SWEEP_DIR``: aggregate a claims sweep's finished jobs again (e.g.
+    after more jobs finished, or when the sweep's own aggregation failed); the default claim settings."""
+    import argparse
+
+    from ..utils.machine import machine_info
+
+    ap = argparse.ArgumentParser(prog="python -m advprior.analysis.claims", description=main.__doc__)
+    ap.add_argument("sweep_dir", type=Path, help="the sweep directory of `advprior experiment=claims`")
+    args = ap.parse_args(argv)
+    try:
+        result = aggregate(args.sweep_dir)
+    except ValueError as e:
+        ap.error(str(e))
+    write(result, args.sweep_dir, extra={"machine": machine_info(), "sweep_seconds": None})
+    for c in result["claims"]:
+        if c["paper_eps"]:
+            print(f"{c['text']}: {c['verdict']}")
+    print(f"{len(result['seeds'])} seeds -> {args.sweep_dir / 'claims.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

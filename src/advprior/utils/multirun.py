@@ -80,7 +80,12 @@ class ClaimsSummary(Callback):
         from .machine import machine_info
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        result = claims.aggregate(sweep_dir, self.spec)
+        try:
+            result = claims.aggregate(sweep_dir, self.spec)
+        except Exception as e:  # Hydra would turn it into a warning: say what failed and how to redo it
+            log.error("claims: the aggregation of %s failed (%s: %s); the jobs' results are kept: after a fix, "
+                      "run `python -m advprior.analysis.claims %s`", sweep_dir, type(e).__name__, e, sweep_dir)
+            raise
         seconds = None if self._start is None else round(time.perf_counter() - self._start, 1)
         claims.write(result, sweep_dir, extra={"machine": machine_info(), "sweep_seconds": seconds})
         for c in result["claims"]:
