@@ -33,6 +33,7 @@ import torch
 from omegaconf import OmegaConf
 
 from advprior.attacks.lit_sweep import TABLES as ATTACK_TABLES
+from advprior.config.stages import DefenseConfig
 from advprior.attacks.lit_sweep import AttackStep
 from advprior.data.digits import TensorImageDataset
 from advprior.loops import RangeBatchSampler, run_loop, stage_models
@@ -43,6 +44,8 @@ from advprior.prior.features import FeatureStep
 from advprior.stages.defense import DEFENSE_TABLES, DefenseStep
 from advprior.utils.bench import BenchRow, write_results
 from advprior.utils.machine import machine_line
+
+DEFAULT_PGD_STEPS = DefenseConfig().adaptive.pgd.steps
 
 log = logging.getLogger("bench_stages")
 
@@ -125,7 +128,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 64 GPU, 4 CPU)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3)")
     ap.add_argument("--classes", type=int, default=1000)
-    ap.add_argument("--pgd-steps", type=int, default=10, help="defense.adaptive.pgd.steps (paper run: 10)")
+    ap.add_argument("--pgd-steps", type=int, default=DEFAULT_PGD_STEPS,
+                    help=f"defense.adaptive.pgd.steps (default: the config's, {DEFAULT_PGD_STEPS})")
     ap.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default 4 on a GPU, else 0)")
@@ -172,8 +176,8 @@ def main() -> None:
         prior = synthetic_prior(classes, 4096, 128 if not args.quick else 8, 8 if not args.quick else 2, device)
         log.info("synthetic prior for %d classes fitted in %.1f s", classes, time.perf_counter() - t0)
         defended = BayesianPriorClassifier(base, prior, feature_layer="fc6").eval()
-        dcfg = OmegaConf.create({"adaptive": {"fgsm": True, "pgd": {"steps": steps, "alpha_factor": 0.25,
-                                                                     "random_start": True}}})
+        dcfg = OmegaConf.structured(DefenseConfig)  # the defense's defaults (adaptive attacks included)
+        dcfg.adaptive.pgd.steps = steps
         stages["defense"] = lambda data: loop(DefenseStep(base, defended, eps, dcfg, True, 0), {"defended": defended},
                                               DEFENSE_TABLES, True, data)
 
