@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from advprior.utils.bench import read_results
@@ -35,12 +37,13 @@ def bench_scripts(scripts_dir: Path) -> list[Path]:
     return sorted(p for p in scripts_dir.glob("bench_*.py") if p.name != Path(__file__).name)
 
 
-def run_script(script: Path, out_dir: Path, quick: bool, timeout: float | None) -> dict:
-    """Run one script; returns ``{"script", "rc", "seconds", "results" (None on failure), "error"}``."""
+def run_script(script: Path, out_dir: Path, quick: bool, timeout: float | None, extra: Sequence[str] = ()) -> dict:
+    """Run one script (with ``extra`` arguments); returns ``{"script", "rc", "seconds", "results" (None on
+    failure), "error"}``."""
     name = script.stem[len("bench_"):]
     json_path, log_path = out_dir / f"{name}.json", out_dir / f"{name}.log"
     json_path.unlink(missing_ok=True)  # a failed run must not leave last time's numbers behind
-    cmd = [sys.executable, str(script), "--json", str(json_path), *(["--quick"] if quick else [])]
+    cmd = [sys.executable, str(script), "--json", str(json_path), *(["--quick"] if quick else []), *extra]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -95,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also replace this file's generated block 'benchmarks' with the table")
     ap.add_argument("--only", nargs="*", default=None, help="run only these scripts (names without bench_ / .py)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per script (default: none)")
+    ap.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
+                    help="more arguments for one script, e.g. --args 'stages=--pgd-steps 1 --repeats 2'")
     args = ap.parse_args(argv)
     scripts = bench_scripts(args.scripts_dir)
     if args.only is not None:
@@ -105,12 +110,18 @@ def main(argv: list[str] | None = None) -> int:
         scripts = [s for s in scripts if s.stem[len("bench_"):] in args.only]
     if not scripts:
         ap.error(f"no bench_*.py in {args.scripts_dir}")
+    extra: dict[str, list[str]] = {}
+    for item in args.args:
+        name, sep, rest = item.partition("=")
+        if not sep or name not in {s.stem[len("bench_"):] for s in scripts}:
+            ap.error(f"--args {item!r}: expected NAME=ARGS with NAME one of the scripts run")
+        extra[name] = extra.get(name, []) + shlex.split(rest)
     results_dir = args.out_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     for s in scripts:
         print(f"{s.name} ...", flush=True)
-        r = run_script(s, results_dir, args.quick, args.timeout)
+        r = run_script(s, results_dir, args.quick, args.timeout, extra.get(s.stem[len("bench_"):], ()))
         print(f"{s.name}: {'ok' if r['error'] is None else 'FAILED: ' + r['error']} ({r['seconds']} s)", flush=True)
         runs.append(r)
     machine = machine_info()

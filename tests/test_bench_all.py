@@ -79,3 +79,19 @@ def test_only_names_unknown_scripts(tmp_path):
     (tmp_path / "scripts" / "bench_alpha.py").write_text(FAKE.format(name="alpha", value=3.5))
     proc = run_bench_all(tmp_path, "--only", "nope")
     assert proc.returncode == 2 and "no such scripts" in proc.stderr and "alpha" in proc.stderr
+
+
+def test_args_reach_only_their_script(tmp_path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    fake = FAKE.replace('ap.add_argument("--quick", action="store_true")',
+                        'ap.add_argument("--quick", action="store_true")\nap.add_argument("--steps", type=int, default=0)')
+    fake = fake.replace('settings={{"quick": a.quick}}', 'settings={{"quick": a.quick, "steps": a.steps}}')
+    (scripts / "bench_alpha.py").write_text(fake.format(name="alpha", value=3.5))
+    (scripts / "bench_beta.py").write_text(fake.format(name="beta", value=3.5))
+    proc = run_bench_all(tmp_path, "--args", "alpha=--steps 7")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    data = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert {s["script"]: s["settings"]["steps"] for s in data["scripts"]} == {"alpha": 7, "beta": 0}
+    bad = run_bench_all(tmp_path, "--args", "gamma=--steps 1")
+    assert bad.returncode == 2 and "--args 'gamma=--steps 1'" in bad.stderr
