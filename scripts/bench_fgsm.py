@@ -17,10 +17,10 @@ is shared and noisy). Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -31,7 +31,7 @@ from torchvision import models as tvm
 from advprior.attacks import FGSM, FGSMSweep
 from advprior.attacks.base import eval_mode, fgsm_step
 from advprior.models.classifier import Classifier
-from advprior.utils.bench import BenchRow, write_results
+from advprior.utils.bench import BenchRow, timed, write_results
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,15 +70,7 @@ def build(name: str) -> tuple[Classifier, int, int]:
 
 
 def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def run(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-    return run
+    return functools.partial(timed, device)
 
 
 def main() -> None:

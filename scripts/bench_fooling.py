@@ -19,8 +19,6 @@ import logging
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,7 +26,7 @@ import torch
 from advprior.fooling.config import FoolingConfig
 from advprior.fooling.encodings import build_encoding
 from advprior.fooling.map_elites import EliteArchive, class_probabilities, generation_step
-from advprior.utils.bench import BenchRow, write_results
+from advprior.utils.bench import BenchRow, timed, write_results
 
 TARGET = 0.8
 
@@ -46,16 +44,6 @@ def build_model(name: str) -> tuple[torch.nn.Module, tuple[int, int, int], int]:
         from advprior.models.alexnet import build_torchvision_alexnet
         return build_torchvision_alexnet(weights=None).freeze(), (3, 224, 224), 1000
     raise ValueError(f"--model must be vgg_small, shallow or alexnet; got {name!r}")
-
-
-def timed(device: torch.device, fn: Callable[[], object]) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
 
 
 def bench_encoding(name: str, model, shape, classes: int, batch: int, warm: int, repeats: int,

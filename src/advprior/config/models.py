@@ -84,6 +84,13 @@ class ShallowConfig:
         _dropout(self)
 
 
+def _check_torchvision_weights(cfg: object) -> None:
+    """``weights`` and ``checkpoint`` of a torchvision model's schema (VGG, AlexNet)."""
+    rules.one_of(cfg, "weights", ("imagenet", "none"), null="random initialization")
+    if cfg.checkpoint is not None:
+        rules.non_empty_str(cfg, "checkpoint", "a state dict file or null", example=None)
+
+
 @dataclass
 class TorchvisionVggConfig:
     _target_: str = "advprior.models.vgg.build_torchvision_vgg"
@@ -96,9 +103,7 @@ class TorchvisionVggConfig:
 
     def __post_init__(self) -> None:
         rules.one_of(self, "arch", VGG_ARCHS)
-        rules.one_of(self, "weights", ("imagenet", "none"), null="random initialization")
-        if self.checkpoint is not None:
-            rules.non_empty_str(self, "checkpoint", "a state dict file or null", example=None)
+        _check_torchvision_weights(self)
 
 
 @dataclass
@@ -111,9 +116,7 @@ class TorchvisionAlexNetConfig:
     train: Optional[TrainConfig] = None
 
     def __post_init__(self) -> None:
-        rules.one_of(self, "weights", ("imagenet", "none"), null="random initialization")
-        if self.checkpoint is not None:
-            rules.non_empty_str(self, "checkpoint", "a state dict file or null", example=None)
+        _check_torchvision_weights(self)
 
 
 @dataclass

@@ -16,6 +16,21 @@ from .io import save_json
 from .machine import machine_info
 
 
+def timed(device, fn) -> float:  # noqa: ANN001
+    """Wall seconds of ``fn()`` on ``device`` (a torch device): CUDA work is synchronized before and after."""
+    import time
+
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 @dataclass
 class BenchRow:
     """One measured comparison.
